@@ -1,0 +1,112 @@
+"""Building blocks shared by the PGGAN and StyleGAN-style networks.
+
+Equalized learning rate (PGGAN sec. 4.1): weights are stored ~ N(0, 1) / lr_mult and scaled at
+run time by `gain / sqrt(fan_in) * lr_mult`, so every layer learns at the same speed under Adam.
+Biases are stored / lr_mult and scaled by lr_mult. The bias add and activation run through the
+fused `bias_act` op.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import bias_act, minibatch_std, pixel_norm
+
+SQRT2 = math.sqrt(2.0)
+
+
+class EqualizedLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 gain: float = 1.0, lr_mult: float = 1.0, bias_init: float = 0.0,
+                 act: str = "linear", act_gain: float = 1.0, impl: str = "auto"):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mult)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init) / lr_mult)) \
+            if bias else None
+        self.weight_scale = gain / math.sqrt(in_features) * lr_mult   # He constant, run time
+        self.lr_mult = lr_mult
+        self.act, self.act_gain, self.impl = act, act_gain, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:             # [N, in] -> [N, out]
+        x = x.matmul((self.weight * self.weight_scale).to(x.dtype).t())
+        b = self.bias * self.lr_mult if self.bias is not None else None
+        if b is None and self.act == "linear" and self.act_gain == 1.0:
+            return x
+        return bias_act(x, b, dim=1, act=self.act, gain=self.act_gain, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, act={self.act}, "
+                f"scale={self.weight_scale:.4g}")
+
+
+class EqualizedConv2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 bias: bool = True, gain: float = SQRT2, lr_mult: float = 1.0,
+                 act: str = "linear", act_gain: float = 1.0, impl: str = "auto"):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, \
+            kernel_size
+        self.weight = nn.Parameter(
+            torch.randn(out_channels, in_channels, kernel_size, kernel_size) / lr_mult)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_scale = gain / math.sqrt(in_channels * kernel_size ** 2) * lr_mult
+        self.lr_mult = lr_mult
+        self.act, self.act_gain, self.impl = act, act_gain, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:             # [N, Cin, H, W]
+        w = (self.weight * self.weight_scale).to(x.dtype)
+        x = F.conv2d(x, w, padding=self.kernel_size // 2)           # [N, Cout, H, W]
+        b = self.bias * self.lr_mult if self.bias is not None else None
+        return bias_act(x, b, dim=1, act=self.act, gain=self.act_gain, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}->{self.out_channels}, k={self.kernel_size}, "
+                f"act={self.act}, scale={self.weight_scale:.4g}")
+
+
+class PixelNorm(nn.Module):
+    def __init__(self, impl: str = "auto"):
+        super().__init__()
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixel_norm(x, dim=1, impl=self.impl)
+
+
+class MinibatchStd(nn.Module):
+    def __init__(self, group_size: int = 4, num_channels: int = 1, impl: str = "auto"):
+        super().__init__()
+        self.group_size, self.num_channels, self.impl = group_size, num_channels, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:             # [N, C, H, W] -> C + F
+        return minibatch_std(x, self.group_size, self.num_channels, impl=self.impl)
+
+
+def to_rgb(in_channels: int, img_channels: int, impl: str) -> EqualizedConv2d:
+    """1x1 conv to image space, linear, gain 1 (PGGAN)."""
+    return EqualizedConv2d(in_channels, img_channels, 1, gain=1.0, impl=impl)
+
+
+def from_rgb(img_channels: int, out_channels: int, impl: str) -> EqualizedConv2d:
+    """1x1 conv from image space + leaky ReLU."""
+    return EqualizedConv2d(img_channels, out_channels, 1, act="lrelu", impl=impl)
+
+
+def label_onehot(c: Optional[torch.Tensor], num_classes: int, device, dtype) -> torch.Tensor:
+    """Class labels as int [N] or one-hot/soft [N, K] -> float [N, K], with a clear error."""
+    if c is None:
+        raise ValueError(f"this network is class-conditional ({num_classes} classes): pass "
+                         f"labels c")
+    if c.ndim == 1 and not c.is_floating_point():
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= num_classes):
+            raise ValueError(f"class label out of range [0, {num_classes}): "
+                             f"{int(c.min())}..{int(c.max())}")
+        return F.one_hot(c.long(), num_classes).to(device=device, dtype=dtype)
+    if c.ndim != 2 or c.shape[1] != num_classes:
+        raise ValueError(f"labels must be int [N] or [N, {num_classes}] (got {tuple(c.shape)})")
+    return c.to(device=device, dtype=dtype)

@@ -1,0 +1,13 @@
+"""Fused ops: each file holds a pure-torch reference, its Triton kernels (where they pay) and one
+public function with an `impl=` argument. Model code calls only the public functions."""
+from .bias_act import bias_act, bias_act_ref
+from .fade_in import fade_in, fade_in_ref, fade_reals
+from .minibatch_std import minibatch_std, minibatch_std_ref
+from .pixel_norm import pixel_norm, pixel_norm_ref
+from .resample import blur2d, downsample2d, upsample2d
+
+__all__ = [
+    "bias_act", "bias_act_ref", "fade_in", "fade_in_ref", "fade_reals",
+    "minibatch_std", "minibatch_std_ref", "pixel_norm", "pixel_norm_ref",
+    "blur2d", "downsample2d", "upsample2d",
+]
