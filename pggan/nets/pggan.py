@@ -107,15 +107,21 @@ class Generator(nn.Module):
 
 
 class DBlock(nn.Module):
-    """conv3x3 -> conv3x3 -> 2x2 box down, each conv followed by leaky ReLU."""
+    """conv3x3 -> conv3x3 -> 2x down, each conv followed by leaky ReLU.
 
-    def __init__(self, in_ch: int, out_ch: int, impl: str):
+    Down is PGGAN's 2x2 box, or the FIR filter (StyleGAN, [1,3,3,1]) when `taps` is given."""
+
+    def __init__(self, in_ch: int, out_ch: int, impl: str, taps=None):
         super().__init__()
         self.conv0 = EqualizedConv2d(in_ch, in_ch, 3, act="lrelu", impl=impl)
         self.conv1 = EqualizedConv2d(in_ch, out_ch, 3, act="lrelu", impl=impl)
+        self.taps = tuple(taps) if taps else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:             # [N, Cin, R, R]
-        return downsample2d(self.conv1(self.conv0(h)), mode="box")  # [N, Cout, R/2, R/2]
+        h = self.conv1(self.conv0(h))
+        if self.taps:
+            return downsample2d(h, mode="fir", taps=self.taps)      # [N, Cout, R/2, R/2]
+        return downsample2d(h, mode="box")
 
 
 class DOutputBlock(nn.Module):
@@ -155,12 +161,15 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         self.max_res, self.impl, self.num_classes = cfg.max_res, cfg.impl, cfg.num_classes
         nf = lambda r: nf_res(r, cfg.fmap_base, cfg.fmap_max, cfg.fmap_min)  # noqa: E731
+        # StyleGAN-style runs blur before downsampling; the fade-in path stays a 2x2 box, the
+        # same blend as the real images, so alpha = 0 still equals the half-resolution D.
+        taps = cfg.fir_filter if cfg.arch == "stylegan" else None
         self.fromrgb = nn.ModuleDict()
         self.blocks = nn.ModuleDict()
         for r in resolutions(cfg.max_res):
             self.fromrgb[str(r)] = from_rgb(cfg.img_channels, nf(r), cfg.impl)
             if r > 4:
-                self.blocks[str(r)] = DBlock(nf(r), nf(r // 2), cfg.impl)
+                self.blocks[str(r)] = DBlock(nf(r), nf(r // 2), cfg.impl, taps)
         self.output = DOutputBlock(cfg)
 
     def stage_modules(self, res: int) -> list:

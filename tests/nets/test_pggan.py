@@ -52,9 +52,10 @@ def test_generator_fade_in_exact_at_alpha_zero(res):
         assert (G(z, res=res, alpha=0.5) - grown).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("arch", ["pggan", "stylegan"])
 @pytest.mark.parametrize("res", [8, 16, 64])
-def test_discriminator_fade_in_exact_at_alpha_zero(res):
-    cfg = tiny(64)
+def test_discriminator_fade_in_exact_at_alpha_zero(res, arch):
+    cfg = tiny(64, arch=arch)  # stylegan: FIR-blurred downsampling inside the blocks
     D = build_discriminator(cfg)
     img = torch.randn(4, 3, res, res)
     with torch.no_grad():
