@@ -1,0 +1,76 @@
+"""Entry points of the data stream: one call per resolution.
+
+`make_train_stream` (infinite, shuffled, mirrored) feeds the training loop; the loop calls it
+again with the new resolution when the schedule grows. `make_epoch_stream` (finite, each image
+once over all ranks and workers) feeds the metrics. `data_cfg.path` None means the built-in
+synthetic source; otherwise a directory, http(s) URL base or `pipe:` command holding the
+dataset.json that data_prep wrote.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+from pggan.config import DataConfig
+
+from .dataset_info import DatasetError, load_dataset_info
+from .shard_stream import shard_epoch_stream, shard_train_stream
+from .synthetic_stream import synthetic_epoch_stream, synthetic_train_stream
+
+
+def _check_common(res: int, batch: int, rank: int, world_size: int) -> None:
+    if res < 4 or res & (res - 1):
+        raise DatasetError(f"data stream: resolution must be a power of two >= 4 (got {res})")
+    if batch < 1:
+        raise DatasetError(f"data stream: batch size must be >= 1 (got {batch})")
+    if not 0 <= rank < world_size:
+        raise DatasetError(f"data stream: rank {rank} is outside world size {world_size}")
+
+
+def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, seed: int,
+                      rank: int, world_size: int, start_nimg: int, img_channels: int,
+                      pin_memory: bool = False) -> Iterator:
+    """Infinite iterator of (images uint8 [B, C, res, res] CPU, labels int64 [B] or None).
+
+    Synthetic source: the images of global positions start_nimg + k * world_size * B +
+    rank * B + [0, B) at micro-step k, so 1 and N processes see the same global batch.
+    Shards: a resampled, shuffled webdataset stream seeded from (seed, rank, worker, start_nimg).
+    """
+    _check_common(res, batch_per_gpu, rank, world_size)
+    if start_nimg < 0:
+        raise DatasetError(f"data stream: start_nimg must be >= 0 (got {start_nimg})")
+    if data_cfg.path is None:
+        return synthetic_train_stream(res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
+                                      world_size=world_size, start_nimg=start_nimg,
+                                      img_channels=img_channels, mirror=data_cfg.mirror,
+                                      num_workers=data_cfg.num_workers)
+    info = load_dataset_info(data_cfg.path)
+    return shard_train_stream(info, res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
+                              start_nimg=start_nimg, img_channels=img_channels,
+                              mirror=data_cfg.mirror, shuffle_buffer=data_cfg.shuffle_buffer,
+                              num_workers=data_cfg.num_workers, pin_memory=pin_memory)
+
+
+def make_epoch_stream(data_cfg: DataConfig, res: int, *, batch_size: int, rank: int,
+                      world_size: int, img_channels: Optional[int] = None,
+                      num_images: Optional[int] = None, seed: int = 0,
+                      with_index: bool = False) -> Iterator:
+    """Finite iterator of (images uint8 [<=B, C, res, res], labels int64 [<=B] or None): each of
+    the first `num_images` images of the dataset exactly once over all ranks x workers,
+    unmirrored (metrics' real statistics). Per-rank counts may differ by the remainder.
+
+    The synthetic source has no end: `num_images` is required there (positions 0 ..
+    num_images-1 rendered with `seed`). with_index=True appends the int64 [<=B] global indices.
+    """
+    _check_common(res, batch_size, rank, world_size)
+    if data_cfg.path is None:
+        if num_images is None:
+            raise DatasetError("make_epoch_stream: the synthetic source needs num_images")
+        return synthetic_epoch_stream(res, num_images=num_images, batch_size=batch_size,
+                                      seed=seed, rank=rank, world_size=world_size,
+                                      img_channels=3 if img_channels is None else img_channels,
+                                      with_index=with_index)
+    info = load_dataset_info(data_cfg.path)
+    return shard_epoch_stream(info, res, batch_size=batch_size, rank=rank,
+                              world_size=world_size, img_channels=img_channels,
+                              num_workers=data_cfg.num_workers, num_images=num_images,
+                              with_index=with_index)

@@ -1,0 +1,111 @@
+"""Shard expansion: {"url"} -> webdataset samples {"__key__", "__url__", ext: bytes, ...}.
+
+Does what `wds.tarfile_to_samples` does (opening through `wds.gopen`, so local paths, http(s)
+URLs and `pipe:` commands all work, then grouping consecutive members by key), but parses the
+512-byte tar headers itself and reads each member with one `read(size)`. Python's tarfile
+stream mode costs per member what decoding a small image costs; measured on a 2-core x86_64
+CPU (2026-11-22): 68 us vs 12 us per 64 px sample, 5.7 ms vs 0.7 ms per 2 MB 1024 px sample.
+Handled: ustar/GNU regular files, GNU long names ('L'), pax per-file paths ('x'); pax global
+headers, directories and links are passed over. Header checksums are verified.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import webdataset as wds
+
+_BLOCK = 512
+_READ_BUFFER = 1 << 20          # bytes; large sequential reads from disk, pipes and curl
+
+
+class ShardReadError(Exception):
+    """A damaged or truncated shard; args = (message, url) like webdataset's errors."""
+
+
+def _octal(field: bytes, url: str) -> int:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise ShardReadError(f"bad number in tar header {field!r}", url) from None
+
+
+def tar_members(stream, url: str) -> Iterator[Tuple[str, bytes]]:
+    """(member name, data) of the regular files of a tar byte stream, in order."""
+    read = stream.read
+    next_name: Optional[str] = None
+    while True:
+        header = read(_BLOCK)
+        if len(header) < _BLOCK:
+            if not header:
+                return                      # no end-of-archive blocks: tolerated, like tarfile
+            raise ShardReadError("unexpected end of data in a tar header", url)
+        if header.count(0) == _BLOCK:
+            return                          # end-of-archive marker
+        stored = _octal(header[148:156], url)
+        actual = sum(header) - sum(header[148:156]) + 8 * 32
+        if stored != actual:
+            raise ShardReadError("tar header checksum mismatch (damaged shard)", url)
+        size = _octal(header[124:136], url)
+        kind = header[156:157]
+        data = read(size) if size else b""
+        if len(data) < size:
+            raise ShardReadError("unexpected end of data in a tar member", url)
+        pad = -size % _BLOCK
+        if pad and len(read(pad)) < pad:
+            raise ShardReadError("unexpected end of data in tar padding", url)
+        if kind in (b"0", b"\0", b"7"):
+            if next_name is None:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                prefix = header[345:500].split(b"\0", 1)[0]
+                if header[257:262] == b"ustar" and prefix:
+                    name = prefix.decode("utf-8", "replace") + "/" + name
+            else:
+                name, next_name = next_name, None
+            yield name, data
+        elif kind == b"L":                  # GNU long name of the next member
+            next_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif kind == b"x":                  # pax extended header of the next member
+            for record in data.decode("utf-8", "replace").split("\n"):
+                _, _, kv = record.partition(" ")
+                if kv.startswith("path="):
+                    next_name = kv[5:]
+        else:
+            next_name = None                # directory, link, pax global header, ...
+
+
+def _split(name: str) -> Tuple[str, str]:
+    """'dir/00000012.png' -> ('dir/00000012', 'png'): key up to the first dot of the base."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
+
+
+def expand_shards(src, handler=wds.reraise_exception) -> Iterator[dict]:
+    """Pipeline stage: {"url": ...} -> samples, one dict per key. `handler(exn)` returning
+    True skips the rest of a failing shard (webdataset's handler convention)."""
+    for item in src:
+        url = item["url"]
+        stream = None
+        try:
+            stream = wds.gopen(url, bufsize=_READ_BUFFER)
+            sample: Optional[dict] = None
+            for name, data in tar_members(stream, url):
+                key, ext = _split(name)
+                if not ext:
+                    continue
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": url}
+                sample[ext] = data
+            if sample is not None:
+                yield sample
+        except Exception as exn:
+            if not exn.args or exn.args[-1] != url:
+                exn.args = exn.args + (url,)
+            if not handler(exn):
+                return
+        finally:
+            if stream is not None:
+                stream.close()
