@@ -44,6 +44,7 @@ run() {
 
 run pytest-gpu python -m pytest -m gpu tests -q -rs
 run ops python benchmarks/ops.py --out "$OUT"
+run train_step python benchmarks/train_step.py --fade --out "$OUT"
 
 if ((${#failed[@]})); then
     echo "benchmarks/gpu_suite.sh: failed: ${failed[*]} (results in $OUT)" >&2

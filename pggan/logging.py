@@ -1,0 +1,182 @@
+"""Training statistics: `report(name, value)` from anywhere, reduced per tick, written out.
+
+Any code running inside a training step calls `report("Loss/D/gp", per_sample_tensor)`; the
+loop owns a `Collector` and activates it around the step (`with collector.active(): ...`), so
+there is no global switch and code outside a run reports into nothing. At each tick the loop
+calls `collector.reduce(engine)`: the mean of every reported element over all processes and all
+steps of the tick. `RunLog` then writes the numbers (main process only):
+
+  TensorBoard   RUN_DIR/tensorboard/events.out.tfevents.*  (scalars, image grids; the x axis is
+                images shown, cur_nimg)
+  stats.jsonl   RUN_DIR/stats.jsonl, one JSON object per tick
+  console       one progress line per tick
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("pggan_collector", default=None)
+
+
+class Collector:
+    """Running sums of reported values between ticks, kept on the device they arrive on (no
+    host sync per report)."""
+
+    def __init__(self):
+        self._sums: Dict[str, list] = {}            # name -> [sum tensor, count tensor]
+
+    def add(self, name: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            v = value.detach().flatten().to(torch.float64)
+            s, n = v.sum(), torch.tensor(float(v.numel()), dtype=torch.float64,
+                                         device=v.device)
+        else:
+            s = torch.tensor(float(value), dtype=torch.float64)
+            n = torch.tensor(1.0, dtype=torch.float64)
+        if name in self._sums:
+            acc = self._sums[name]
+            acc[0] = acc[0] + s.to(acc[0].device)
+            acc[1] = acc[1] + n.to(acc[1].device)
+        else:
+            self._sums[name] = [s, n]
+
+    @contextlib.contextmanager
+    def active(self):
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def reduce(self, engine=None) -> Dict[str, float]:
+        """Mean per name over everything reported since the last reduce, over all processes.
+        Every process must call it (it is a collective when engine.world_size > 1)."""
+        names = sorted(self._sums)
+        if engine is not None and engine.world_size > 1:
+            all_names = set()
+            for lst in engine.all_gather_object(names):
+                all_names.update(lst)
+            names = sorted(all_names)
+        device = engine.device if engine is not None else torch.device("cpu")
+        flat = torch.zeros(2 * len(names), dtype=torch.float64, device=device)   # [sum, n]*
+        for i, name in enumerate(names):
+            if name in self._sums:
+                s, n = self._sums[name]
+                flat[2 * i] = s.to(device)
+                flat[2 * i + 1] = n.to(device)
+        if engine is not None and engine.world_size > 1 and names:
+            engine.all_reduce_sum_(flat)
+        flat = flat.cpu().tolist()
+        self._sums.clear()
+        return {name: (flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] > 0 else float("nan"))
+                for i, name in enumerate(names)}
+
+
+def report(name: str, value):
+    """Record `value` (a number or a tensor of per-sample values) under `name` in the active
+    collector, if any. Returns `value` so it can wrap an expression."""
+    collector = _ACTIVE.get()
+    if collector is not None:
+        collector.add(name, value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Image grids.
+
+
+def image_grid(images: torch.Tensor, cols: Optional[int] = None) -> np.ndarray:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [rows*H, cols*W, C] (C = 1 or 3)."""
+    n, c, h, w = images.shape
+    cols = cols or max(1, int(math.ceil(math.sqrt(n))))
+    rows = (n + cols - 1) // cols
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).cpu()
+    grid = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
+    return grid.permute(1, 2, 0).numpy()                            # [H', W', C]
+
+
+def save_png(grid: np.ndarray, path: Path) -> None:
+    """Write a uint8 [H, W, C] grid as PNG via a temp file + rename."""
+    from PIL import Image
+    path = Path(path)
+    img = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Writers.
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    from tqdm import tqdm
+    return tqdm.format_interval(seconds)
+
+
+class RunLog:
+    """TensorBoard + stats.jsonl + console for one run. Writes nothing unless `enabled` (the
+    main process)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, print_fn=print):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.print_fn = print_fn
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._jsonl = open(self.run_dir / "stats.jsonl", "a", encoding="utf-8")
+
+    def console(self, line: str) -> None:
+        if self.enabled:
+            self.print_fn(line, flush=True)
+
+    def tick(self, stats: Dict[str, float], cur_nimg: int, wall_time: float) -> None:
+        if not self.enabled:
+            return
+        for name, value in stats.items():
+            if value is not None and math.isfinite(value):
+                self._tb.add_scalar(name, value, global_step=cur_nimg, walltime=wall_time)
+        record = {"cur_nimg": cur_nimg, "kimg": cur_nimg / 1000, "time": wall_time}
+        record.update({k: (v if v is None or math.isfinite(v) else None)
+                       for k, v in stats.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        self._tb.flush()
+
+    def scalars(self, values: Dict[str, float], cur_nimg: int, wall_time: float) -> None:
+        if self.enabled:
+            for name, value in values.items():
+                if value is not None and math.isfinite(value):
+                    self._tb.add_scalar(name, value, global_step=cur_nimg, walltime=wall_time)
+            self._tb.flush()
+
+    def grid(self, tag: str, grid: np.ndarray, cur_nimg: int, wall_time: float) -> None:
+        if self.enabled:
+            self._tb.add_image(tag, grid, global_step=cur_nimg, walltime=wall_time,
+                               dataformats="HWC")
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None

@@ -1,0 +1,93 @@
+"""pggan-train: train a progressive GAN.
+
+    python pggan/train.py --config demo-cpu --max-res 32 --total-kimg 50
+    accelerate launch pggan/train.py --config pggan-celebahq-1024 --data DATA --run-dir RUN
+    torchrun --nproc_per_node 8 pggan/train.py ...
+
+To continue an interrupted run, run the same command with `--resume auto`.
+
+Exit codes: 0 trained to total-kimg; 2 bad option, config, dataset or checkpoint (one-line
+message on stderr, nothing written); 3 stopped by SIGTERM / SIGINT / SIGUSR1 after saving a
+training state (run again with --resume auto to continue); 1 anything unexpected.
+"""
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python pggan/train.py`, `accelerate launch pggan/train.py`): Python put
+    # pggan/ itself first on sys.path, where pggan/logging.py would shadow the standard
+    # library's logging. Put the repository root there instead.
+    _pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _pkg_dir]
+    sys.path.insert(0, os.path.dirname(_pkg_dir))
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pggan.config import add_config_args
+    parser = argparse.ArgumentParser(
+        prog="pggan-train",
+        description="Train a progressive GAN (PGGAN / StyleGAN-style) from 4x4 up to max-res. "
+                    "Exit codes: 0 done, 2 bad input, 3 stopped by a signal after saving.")
+    add_config_args(parser)
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="auto: continue from the latest training state in --run-dir "
+                             "(none there: start fresh); PATH: a training-state file or a run "
+                             "directory")
+    parser.add_argument("--resume-res", type=int, default=None, metavar="RES",
+                        help="with --resume: start from the state saved where the RES x RES "
+                             "stage began")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"pggan-train: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def create_trainer(cfg, args):
+    """Resolved config + parsed CLI args -> a Trainer ready to run (resume state loaded, run dir
+    and its config.yaml written on the main process). Everything that can refuse the run is
+    checked before anything is written; raises ConfigError or CheckpointError."""
+    from pggan.config import save_resolved
+    from pggan.training.checkpoint import read_training_state, resolve_resume
+    from pggan.training.engine import make_engine
+    from pggan.training.loop import Trainer
+    run_dir = Path(cfg.train.run_dir)
+    resume_path = resolve_resume(run_dir, args.resume, args.resume_res)
+    state = read_training_state(resume_path) if resume_path is not None else None
+    engine = make_engine(cfg.train)
+    trainer = Trainer(cfg, engine, run_dir, resume_state=state, resume_path=resume_path)
+    del state
+    if engine.is_main and not trainer.finished:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir / "config.yaml")
+        if resume_path is not None:
+            print(f"pggan-train: resuming from {resume_path}", flush=True)
+    return trainer
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pggan.config import ConfigError, config_from_args
+    from pggan.training.checkpoint import CheckpointError
+    try:
+        cfg = config_from_args(args)
+        if args.dry_run:
+            print(cfg.to_yaml(), end="")
+            return 0
+        trainer = create_trainer(cfg, args)
+    except (ConfigError, CheckpointError) as e:
+        return _fail(str(e))
+    code = trainer.run()
+    trainer.engine.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

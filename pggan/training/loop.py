@@ -1,0 +1,582 @@
+"""The training loop: progressive growing, one readable class.
+
+Every pass of the loop, in this order (as edm2 orders it):
+
+  stage       the schedule says which resolution `cur_nimg` belongs to; on a new one the
+              optimizer state is reset (optim.reset_on_grow) and the data stream rebuilt
+  status      at each tick: reduce the reported statistics, console line, TensorBoard,
+              stats.jsonl, fixed-latent image grid
+  snapshot    network-snapshot-<kimg>.pt (G_ema) at each snapshot interval, stage boundary, end
+  metrics     metrics.names on G_ema every metrics.interval_kimg (0: at the end only)
+  checkpoint  training state at the same moments, and when a stop signal arrived
+  done?       cur_nimg >= total: exit 0; stop signal: exit 3 (EXIT_STOPPED)
+  step        D phases, G phase, EMA, ADA; cur_nimg += global batch
+
+Exact resume. A training state holds cur_nimg and the step counter besides weights and
+optimizer states; everything else is a function of them: schedule position, the latents and
+penalty weights of a step (a torch.Generator seeded by (seed, cur_nimg) that draws the global
+batch, each rank taking its rows, so 1 and N processes draw the same numbers), the global torch
+RNG for randomness inside modules (seeded each step by (seed, rank, cur_nimg)), and the data
+stream (rebuilt at cur_nimg at every stage change and after every checkpoint, so an
+uninterrupted run and a resumed one open it at the same positions). The one exception: a state
+saved on a stop signal lies between the regular checkpoints, so with a shard dataset (whose
+shuffled stream depends on where it was opened) the resumed run reads other, equally random,
+images than an uninterrupted one would; the built-in synthetic source is a pure function of the
+image position and stays exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from ..config import Config, ConfigError
+from ..data.seeds import derive_seed
+from ..logging import Collector, RunLog, format_duration, image_grid, save_png
+from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
+from ..nets import build_discriminator, build_generator
+from ..schedule import ResolutionSchedule, SchedulePoint
+from ..snapshot import save_snapshot
+from .checkpoint import (CheckpointError, check_model_compatible, load_module_state,
+                         load_optimizer_state_by_name, optimizer_state_by_name,
+                         save_training_state)
+from .ema import ema_beta, make_ema, module_names, update_ema
+from .engine import Engine
+
+EXIT_DONE = 0
+EXIT_STOPPED = 3            # a stop signal arrived; the state was saved; run again to continue
+DATA_FAILED = 1000          # above every signal number: the all-reduced "go on?" code
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+TB_GRID_MAX_CELL = 256      # px: grid cells in TensorBoard are downscaled to this (PNGs are not)
+
+
+class StopSignals:
+    """SIGTERM / SIGINT / SIGUSR1 set a flag; the loop checks it between steps. A second
+    SIGINT (Ctrl-C twice) interrupts at once.
+
+    The same signal usually reaches the data loader's worker processes too (Ctrl-C signals
+    the whole process group, and so does a job scheduler), and they die. torch's DataLoader
+    notices through a SIGCHLD handler that raises in the middle of whatever runs, which would
+    abort the step before the state can be saved. So once a stop signal is in, SIGCHLD goes
+    back to its default: the dead workers surface at the next read of the stream, where the
+    loop expects it (see Trainer._agree_to_go_on)."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    def _handle(self, signum, _frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        if signal.SIGCHLD not in self._previous:
+            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, engine: Engine, run_dir: Path,
+                 resume_state: Optional[dict] = None, resume_path: Optional[Path] = None,
+                 print_fn=print):
+        self.cfg, self.engine, self.run_dir = cfg, engine, Path(run_dir)
+        self.print_fn = print_fn
+        self.device = engine.device
+        self.schedule = ResolutionSchedule(cfg, engine.world_size)
+        self.total_nimg = self.schedule.total_nimg
+        self.snapshot_nimg = max(1, int(round(cfg.train.snapshot_kimg * 1000)))
+        self.tick_nimg = max(1, int(round(cfg.train.tick_kimg * 1000)))
+        m = cfg.model
+        self._check_data()
+
+        # Networks: the whole network for max_res exists from the start, identical on every
+        # rank (same seed, then rank 0's weights broadcast).
+        torch.manual_seed(cfg.train.seed)
+        self.G = build_generator(m).to(self.device).train()
+        self.D = build_discriminator(m).to(self.device).train()
+        engine.broadcast_module_(self.G)
+        engine.broadcast_module_(self.D)
+        if cfg.train.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        self.G_ema = make_ema(self.G)
+        self.nets = {"G": self.G, "D": self.D}
+
+        self.loss = GANLoss(cfg.loss, m.num_classes, m.cond_d)
+        self.phases = make_phases(cfg.loss)
+        c = d_optimizer_ratio(cfg.loss)      # lazy R1: D's Adam runs with lr * c, betas ** c
+        o = cfg.optim
+        self.lr_mult = {"G": 1.0, "D": c}
+        self.opt = {
+            "G": torch.optim.Adam(self.G.parameters(), lr=cfg.schedule.lr,
+                                  betas=(o.beta1, o.beta2), eps=o.eps),
+            "D": torch.optim.Adam(self.D.parameters(), lr=cfg.schedule.lr * c,
+                                  betas=(o.beta1 ** c, o.beta2 ** c), eps=o.eps),
+        }
+
+        self.augment = None
+        if cfg.augment.mode != "off":
+            from ..data.augment import AugmentPipe
+            self.augment = AugmentPipe(cfg.augment, m.img_channels).to(self.device)
+        self.ada_accum = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum, n]
+
+        # Position. `active_res` is the stage whose optimizer state and stream are current.
+        self.cur_nimg = 0
+        self.step_index = 0
+        self.active_res: Optional[int] = None
+        self.trained_point: Optional[tuple] = None     # (res, alpha) of the last step
+        self.steps_this_run = 0
+        self.stop_signum = 0                            # set once all ranks agreed to stop
+        if resume_state is not None:
+            self._load_state(resume_state, resume_path)
+
+        self.stream = None
+        self.active_params: Dict[str, list] = {}
+        self.ema_modules: list = []
+        self.collector = Collector()
+        self.signals = StopSignals()
+        self.log: Optional[RunLog] = None
+        self._g_kwargs = {"noise_mode": "const"} \
+            if "noise_mode" in inspect.signature(self.G.forward).parameters else {}
+        gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "grid"))
+        self.grid_z = torch.randn([cfg.train.grid_size, m.latent_dim], generator=gen)
+        self.grid_c = torch.arange(cfg.train.grid_size) % m.num_classes if m.num_classes \
+            else None
+
+    def _check_data(self) -> None:
+        """Dataset vs. model and schedule, with one-line errors before anything runs."""
+        m, path = self.cfg.model, self.cfg.data.path
+        if path is None:
+            if m.num_classes:
+                raise ConfigError(f"model.num_classes={m.num_classes} needs a labelled dataset "
+                                  f"(--data); the built-in synthetic source has no labels")
+            return
+        from ..data.dataset_info import load_dataset_info
+        info = load_dataset_info(path)
+        if info.channels != m.img_channels:
+            raise ConfigError(f"--data {path}: the images have {info.channels} channel(s) but "
+                              f"model.img_channels is {m.img_channels}; add --set "
+                              f"model.img_channels={info.channels}")
+        for st in self.schedule.reached_stages():
+            info.check_resolution(st.res)
+        if m.num_classes and info.num_classes != m.num_classes:
+            raise ConfigError(f"--data {path}: the dataset has {info.num_classes} classes but "
+                              f"model.num_classes is {m.num_classes}; use --num-classes "
+                              f"{info.num_classes}")
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def state_payload(self, kind: str, boundary_res: Optional[int]) -> dict:
+        """The training state as saved (CPU tensors). Call `_fold_ada_accum` on every rank
+        first when running distributed."""
+        cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}   # noqa: E731
+        res, alpha = self.trained_point or (self.active_res, 1.0)
+        return {
+            "kind": kind, "boundary_res": boundary_res,
+            "cur_nimg": self.cur_nimg, "step_index": self.step_index, "res": self.active_res,
+            "trained_res": res, "trained_alpha": alpha,
+            "model": dataclasses.asdict(self.cfg.model), "config": self.cfg.to_dict(),
+            "G": cpu(self.G.state_dict()), "D": cpu(self.D.state_dict()),
+            "G_ema": cpu(self.G_ema.state_dict()),
+            "G_opt": optimizer_state_by_name(self.opt["G"], self.G),
+            "D_opt": optimizer_state_by_name(self.opt["D"], self.D),
+            "scaler": None,
+            "augment": cpu(self.augment.state_dict()) if self.augment is not None else None,
+            "ada_accum": self.ada_accum.cpu().tolist(),
+            "world_size": self.engine.world_size, "torch_version": str(torch.__version__),
+        }
+
+    def _load_state(self, data: dict, path) -> None:
+        try:
+            self._load_state_unchecked(data, path)
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            raise CheckpointError(f"{path}: training state does not load ({type(e).__name__}"
+                                  f"{': ' + msg if msg else ''})") from None
+
+    def _load_state_unchecked(self, data: dict, path) -> None:
+        check_model_compatible(data["model"], self.cfg.model, path)
+        saved_max = int(data["model"]["max_res"])
+        for name in ("G", "D", "G_ema"):
+            load_module_state(getattr(self, name), data[name], saved_max, name, path)
+        load_optimizer_state_by_name(self.opt["G"], self.G, data["G_opt"], f"{path}: G_opt")
+        load_optimizer_state_by_name(self.opt["D"], self.D, data["D_opt"], f"{path}: D_opt")
+        if self.augment is not None and data.get("augment") is not None:
+            self.augment.load_state_dict(data["augment"])
+        if self.engine.is_main and data.get("ada_accum") is not None:
+            self.ada_accum.copy_(torch.tensor(data["ada_accum"], dtype=torch.float64))
+        self.cur_nimg = int(data["cur_nimg"])
+        self.step_index = int(data["step_index"])
+        self.active_res = int(data["res"])
+        if data.get("trained_res") is not None:
+            self.trained_point = (int(data["trained_res"]), float(data["trained_alpha"]))
+
+    def _fold_ada_accum(self) -> None:
+        """Sum the ADA counters of all ranks into rank 0 (a state holds one copy of them)."""
+        if self.augment is None or not self.engine.distributed:
+            return
+        self.engine.all_reduce_sum_(self.ada_accum)
+        if not self.engine.is_main:
+            self.ada_accum.zero_()
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.cur_nimg >= self.total_nimg
+
+    def run(self) -> int:
+        """Train until total_kimg (-> EXIT_DONE) or a stop signal (-> EXIT_STOPPED)."""
+        if self.finished:                   # resumed from the final state: write nothing
+            if self.engine.is_main:
+                self.print_fn(f"training is complete at kimg {self.cur_nimg / 1000:g} "
+                              f"(total-kimg {self.cfg.train.total_kimg:g}); nothing to do",
+                              flush=True)
+            return EXIT_DONE
+        if self.engine.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLog(self.run_dir, self.engine.is_main, self.print_fn)
+        self.signals.install()
+        try:
+            with self.collector.active():
+                return self._loop()
+        finally:
+            self.stream = None                              # ends data-loader workers
+            self.signals.restore()
+            self.log.close()
+
+    def _loop(self) -> int:
+        self._describe_start()
+        self.next_save_nimg = (self.cur_nimg // self.snapshot_nimg + 1) * self.snapshot_nimg
+        self.next_metrics_nimg = self._next_metrics_nimg()
+        self.tick_index = 0
+        self.tick_start_nimg, self.tick_start_time = self.cur_nimg, time.time()
+        self.maintenance_sec = 0.0
+        self.run_start_time = time.time()
+        next_tick_nimg = self.cur_nimg                      # a status line right away
+        while True:
+            point = self.schedule.at(self.cur_nimg)
+            boundary = self.enter_stage(point)
+            stop = self.stop_signum != 0
+            done = self.finished
+
+            t0 = time.time()
+            ticked = self.cur_nimg >= next_tick_nimg or done or stop
+            if ticked:
+                self._status(point)
+                next_tick_nimg = self.cur_nimg + self.tick_nimg
+            trained = self.cur_nimg > 0
+            at_interval = self.cur_nimg >= self.next_save_nimg
+            boundary_save = boundary and self.cur_nimg > 0
+            if trained and (boundary_save or at_interval or done):
+                self._save_snapshot(point, boundary_save)
+            if trained and self.cfg.metrics.names and (
+                    done or 0 < self.next_metrics_nimg <= self.cur_nimg):
+                self._evaluate_metrics(point)
+            if trained and (boundary_save or at_interval or done or
+                            (stop and self.steps_this_run > 0)):
+                kind = "boundary" if boundary_save else "final" if done else \
+                    "interval" if at_interval else "signal"
+                self._save_checkpoint(point, kind, point.res if boundary_save else None)
+            if ticked:                  # the next tick's clock starts after this maintenance
+                self.tick_start_nimg, self.tick_start_time = self.cur_nimg, time.time()
+                self.maintenance_sec = 0.0
+            else:
+                self.maintenance_sec += time.time() - t0
+
+            if done:
+                self.log.console(f"done: kimg {self.cur_nimg / 1000:g} in "
+                                 f"{format_duration(time.time() - self.run_start_time)}")
+                return EXIT_DONE
+            if stop:
+                self.log.console(f"stopped by signal {signal.Signals(self.stop_signum).name} at "
+                                 f"kimg {self.cur_nimg / 1000:g}; run the same command with "
+                                 f"--resume auto to continue (exit code {EXIT_STOPPED})")
+                return EXIT_STOPPED
+            self.train_step(point)
+
+    def _describe_start(self) -> None:
+        e, n = self.engine, self.cfg.model
+        how = f"resuming at kimg {self.cur_nimg / 1000:g}" if self.cur_nimg else "starting"
+        self.log.console(f"pggan-train: {how}; {n.arch} to {n.max_res}x{n.max_res}, "
+                         f"{e.world_size} process(es) on {e.device.type}, precision "
+                         f"{e.mixed_precision}, run dir {self.run_dir}")
+        for line in self.schedule.describe():
+            self.log.console("  stage " + line)
+
+    def enter_stage(self, point: SchedulePoint) -> bool:
+        """On a new resolution: reset optimizers (PGGAN), drop the stream, pick the active
+        parameters. -> True when a stage starts here."""
+        new = point.res != self.active_res
+        if new:
+            if self.active_res is not None and self.cfg.optim.reset_on_grow:
+                for opt in self.opt.values():
+                    opt.state.clear()
+            self.active_res = point.res
+            self.stream = None
+        if new or not self.active_params:
+            self.active_params = {
+                name: [p for mod in net.stage_modules(point.res) for p in mod.parameters()]
+                for name, net in self.nets.items()}
+            self.ema_modules = module_names(self.G, self.G.stage_modules(point.res))
+        return new
+
+    def _agree_to_go_on(self, data_error: Optional[BaseException]) -> bool:
+        """One small all-reduce per step, after the data fetch and before anything changes:
+        every rank learns whether any rank received a stop signal (-> skip this step, save,
+        exit) or failed to read its data (-> every rank raises instead of hanging in the next
+        collective). A data loader whose workers were killed by the same SIGTERM as this
+        process counts as stopped, not as failed."""
+        code = 0
+        if data_error is not None:
+            code = self.signals.received or DATA_FAILED
+        elif self.signals.received:
+            code = self.signals.received
+        if self.engine.distributed:
+            flag = torch.tensor([code], dtype=torch.int64, device=self.device)
+            code = int(self.engine.all_reduce_max_(flag).item())
+        if code == DATA_FAILED:
+            if data_error is not None and not self.signals.received:
+                raise data_error
+            raise RuntimeError("the data stream failed in another process (see its log)")
+        self.stop_signum = code
+        return code == 0
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def train_step(self, point: SchedulePoint) -> None:
+        """One optimizer step of every due phase on `point.batch` images, then EMA and ADA.
+        Skipped (nothing changes) when a stop signal arrived: `stop_signum` is then set."""
+        cfg, eng = self.cfg, self.engine
+        B, rounds, world = point.batch_per_gpu, point.accum_rounds, eng.world_size
+        # Randomness inside modules (StyleGAN noise and style mixing, augmentation).
+        torch.manual_seed(derive_seed(cfg.train.seed, eng.rank, self.cur_nimg, "modules"))
+        draws = self._draws(point)
+        micro = []                      # this rank's micro-batches and their global rows
+        data_error = None
+        try:
+            if self.stream is None:
+                self.stream = self._make_stream(point)
+            for k in range(rounds):
+                images, labels = next(self.stream)
+                real = self._prepare_reals(images, point.alpha)
+                c = labels.to(self.device) if labels is not None and cfg.model.num_classes \
+                    else None
+                first = (k * world + eng.rank) * B
+                micro.append((real, c, slice(first, first + B)))
+        except Exception as e:          # noqa: BLE001 (decided together with the other ranks)
+            data_error = e
+            self.stream = None
+        if not self._agree_to_go_on(data_error):
+            return
+
+        for phase in self.phases:
+            if self.step_index % phase.interval:
+                continue
+            opt = self.opt[phase.net]
+            for name, net in self.nets.items():
+                net.requires_grad_(name == phase.net)
+            opt.zero_grad(set_to_none=True)
+            z = draws["z_" + phase.net]
+            for real, c, rows in micro:
+                mb = MicroBatch(real=real, real_c=c, z=z[rows].to(self.device),
+                                gp_eps=draws["gp_eps"][rows].to(self.device),
+                                res=point.res, alpha=point.alpha)
+                out = self.loss.phase_loss(phase, mb, self._run_G, self._run_D, eng.autocast)
+                (out.loss / rounds).backward()
+                if out.real_scores is not None and self.augment is not None:
+                    self.ada_accum[0] += out.real_scores.sign().sum().to(torch.float64)
+                    self.ada_accum[1] += out.real_scores.numel()
+            params = [p for p in self.active_params[phase.net] if p.grad is not None]
+            eng.sync_grads(params)
+            for group in opt.param_groups:
+                group["lr"] = point.lr * self.lr_mult[phase.net]
+            opt.step()
+        for net in self.nets.values():
+            net.requires_grad_(False)
+
+        beta = ema_beta(self.cur_nimg, point.batch, cfg.ema.ema_kimg, cfg.ema.ema_rampup)
+        update_ema(self.G_ema, self.G, beta, self.ema_modules)
+        self.cur_nimg += point.batch
+        self.step_index += 1
+        self.steps_this_run += 1
+        self.trained_point = (point.res, point.alpha)
+        if self.augment is not None and cfg.augment.mode == "ada" and \
+                self.step_index % cfg.augment.interval == 0:
+            acc = eng.all_reduce_sum_(self.ada_accum.clone())
+            if acc[1] > 0:
+                self.augment.adjust(float(acc[0] / acc[1]), int(acc[1]))
+            self.ada_accum.zero_()
+
+    def _draws(self, point: SchedulePoint) -> Dict[str, torch.Tensor]:
+        """The step's random numbers for the global batch, from (seed, cur_nimg) alone."""
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, "step",
+                                                        self.cur_nimg))
+        latent = self.cfg.model.latent_dim
+        return {"z_D": torch.randn([point.batch, latent], generator=gen),   # [batch, latent]
+                "z_G": torch.randn([point.batch, latent], generator=gen),
+                "gp_eps": torch.rand([point.batch, 1, 1, 1], generator=gen)}
+
+    def _make_stream(self, point: SchedulePoint):
+        from ..data.stream import make_train_stream
+        return make_train_stream(self.cfg.data, point.res, batch_per_gpu=point.batch_per_gpu,
+                                 seed=self.cfg.train.seed, rank=self.engine.rank,
+                                 world_size=self.engine.world_size, start_nimg=self.cur_nimg,
+                                 img_channels=self.cfg.model.img_channels,
+                                 pin_memory=self.device.type == "cuda")
+
+    def _prepare_reals(self, images: torch.Tensor, alpha: float) -> torch.Tensor:
+        from ..data.reals import prepare_reals
+        return prepare_reals(images, alpha, self.device,
+                             channels_last=self.cfg.train.channels_last,
+                             impl=self.cfg.model.impl)
+
+    def _run_G(self, z, c, res, alpha):
+        return self.G(z, c, res, alpha)
+
+    def _run_D(self, img, c, alpha):
+        if self.augment is not None:
+            img = self.augment(img)
+        return self.D(img, c, alpha)
+
+    # ---- status, snapshots, checkpoints --------------------------------------------------
+
+    def _status(self, point: SchedulePoint) -> None:
+        stats = self.collector.reduce(self.engine)           # collective: every rank
+        now = time.time()
+        tick_nimg = self.cur_nimg - self.tick_start_nimg
+        tick_sec = max(now - self.tick_start_time - self.maintenance_sec, 1e-9)
+        img_per_sec = tick_nimg / tick_sec if tick_nimg > 0 else float("nan")
+        stats.update({
+            "Progress/kimg": self.cur_nimg / 1000, "Progress/res": point.res,
+            "Progress/alpha": point.alpha, "Progress/stage": point.stage_index,
+            "Progress/lr": point.lr, "Progress/batch": point.batch,
+            "Progress/tick": self.tick_index,
+            "Timing/img_per_sec": img_per_sec,
+            "Timing/sec_per_kimg": 1000 / img_per_sec if tick_nimg > 0 else float("nan"),
+            "Timing/sec_per_tick": now - self.tick_start_time,
+            "Timing/maintenance_sec": self.maintenance_sec,
+            "Resources/peak_host_mem_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 2 ** 20,
+        })
+        if self.device.type == "cuda":
+            stats["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(
+                self.device) / 2 ** 30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.augment is not None:
+            stats["Augment/p"] = self.augment.p
+        if self.engine.is_main:
+            self.log.console(self._progress_line(point, stats, img_per_sec))
+            self._write_grid(point, now)
+            self.log.tick(stats, self.cur_nimg, now)
+        self.tick_index += 1
+
+    def _progress_line(self, point: SchedulePoint, stats: dict, img_per_sec: float) -> str:
+        def eta(nimg: int) -> str:
+            return format_duration(nimg / img_per_sec) if img_per_sec > 0 else "?"
+        fmt = lambda k: f"{stats[k]:.4g}" if k in stats else "-"   # noqa: E731
+        digits = 1 if self.total_nimg >= 10_000 else 3
+        return (f"tick {self.tick_index:<5d} {point.res:>4}x{point.res:<4} {point.phase:4s} "
+                f"alpha {point.alpha:.3f}  kimg {self.cur_nimg / 1000:.{digits}f}/"
+                f"{self.total_nimg / 1000:g}  {img_per_sec:7.1f} img/s  "
+                f"ETA stage {eta(point.stage_end_nimg - self.cur_nimg)} "
+                f"run {eta(self.total_nimg - self.cur_nimg)}  "
+                f"D {fmt('Loss/D/adv')} G {fmt('Loss/G/adv')} "
+                f"real {fmt('Scores/real')} fake {fmt('Scores/fake')}")
+
+    @torch.no_grad()
+    def _fakes(self, point: SchedulePoint) -> torch.Tensor:
+        """G_ema on the fixed grid latents at the current stage -> [grid, C, res, res]."""
+        out = []
+        chunk = max(1, point.batch_per_gpu)
+        for i in range(0, self.grid_z.shape[0], chunk):
+            z = self.grid_z[i:i + chunk].to(self.device)
+            c = self.grid_c[i:i + chunk].to(self.device) if self.grid_c is not None else None
+            with self.engine.autocast():
+                out.append(self.G_ema(z, c, point.res, point.alpha, **self._g_kwargs).float())
+        return torch.cat(out)
+
+    def _write_grid(self, point: SchedulePoint, wall_time: float) -> None:
+        fakes = self._fakes(point)
+        grid = image_grid(fakes)
+        save_png(grid, self.run_dir / "fakes-latest.png")
+        if point.res > TB_GRID_MAX_CELL:
+            factor = point.res // TB_GRID_MAX_CELL
+            fakes = torch.nn.functional.avg_pool2d(fakes, factor)
+            grid = image_grid(fakes)
+        self.log.grid("Images/fakes", grid, self.cur_nimg, wall_time)
+
+    def _save_snapshot(self, point: SchedulePoint, boundary: bool) -> None:
+        # At a stage boundary the snapshot is the finished stage's network (its res, alpha 1).
+        res, alpha = self.trained_point or (point.res, point.alpha)
+        if self.engine.is_main:
+            name = f"network-snapshot-{self.cur_nimg // 1000:06d}.pt"
+            save_snapshot(self.run_dir / name, self.G_ema, self.cfg.model, res, alpha,
+                          self.cur_nimg, extra={"kimg": self.cur_nimg / 1000,
+                                                "boundary": boundary})
+            pt = self._fakes(dataclasses.replace(point, res=res, alpha=alpha))
+            save_png(image_grid(pt), self.run_dir / f"fakes-{self.cur_nimg // 1000:06d}.png")
+            self.log.console(f"  snapshot {name} ({res}x{res}, alpha {alpha:.3f})")
+        self.engine.barrier()
+
+    def _next_metrics_nimg(self) -> int:
+        """Next evaluation point; 0 when metrics run only at the end (metrics.interval_kimg 0)."""
+        interval = int(round(self.cfg.metrics.interval_kimg * 1000))
+        return (self.cur_nimg // interval + 1) * interval if interval > 0 else 0
+
+    def _evaluate_metrics(self, point: SchedulePoint) -> None:
+        """metrics.names on G_ema at the resolution and fade of the last step, over all ranks
+        (pggan.metrics.runner); results appended to RUN_DIR/metric-<name>.jsonl and logged
+        to TensorBoard as Metrics/<name>. Reads no training state it could change."""
+        from ..evaluate import default_cache_dir
+        from ..metrics.runner import compute_metrics
+        cfg = self.cfg
+        res, alpha = self.trained_point or (point.res, point.alpha)
+        results = compute_metrics(
+            cfg.metrics.names, self.G_ema, res=res, alpha=alpha, data_cfg=cfg.data,
+            num_images=cfg.metrics.num_images, device=self.device, rank=self.engine.rank,
+            world_size=self.engine.world_size, seed=cfg.train.seed,
+            cache_dir=default_cache_dir(), fid_weights=cfg.metrics.fid_weights,
+            batch_size=max(8, point.batch_per_gpu), log=self.log.console)
+        if self.engine.is_main:
+            now = time.time()
+            for name, entry in results.items():
+                record = {"cur_nimg": self.cur_nimg, "kimg": self.cur_nimg / 1000, **entry}
+                with open(self.run_dir / f"metric-{name}.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                scalars = {f"Metrics/{name}": entry["value"]}
+                for level, value in (entry.get("per_level") or {}).items():
+                    scalars[f"Metrics/{name}/{level}"] = value
+                self.log.scalars(scalars, self.cur_nimg, now)
+                self.log.console(f"  metric {name} {entry['value']:.4g} ({res}x{res}, "
+                                 f"alpha {alpha:.3f}, {entry.get('seconds', 0):.1f} s)")
+        self.next_metrics_nimg = self._next_metrics_nimg()
+
+    def _save_checkpoint(self, point: SchedulePoint, kind: str,
+                         boundary_res: Optional[int]) -> None:
+        self._fold_ada_accum()                              # collective: every rank
+        if self.engine.is_main:
+            payload = self.state_payload(kind, boundary_res)
+            path = save_training_state(self.run_dir, payload, self.cfg.train.keep_last)
+            self.log.console(f"  training state {path.name} ({kind})")
+        self.engine.barrier()
+        # Both an uninterrupted run and one resumed from this state reopen the stream here.
+        self.stream = None
+        self.next_save_nimg = (self.cur_nimg // self.snapshot_nimg + 1) * self.snapshot_nimg
+
