@@ -21,7 +21,8 @@ def test_presets_load_and_validate():
     assert big.schedule.batch_by_res[4] == 512 and big.schedule.lr_by_res[1024] == 0.003
     demo = load_preset("demo-cpu")
     assert demo.model.max_res == 32 and demo.model.fmap_max == 64
-    assert demo.loss.kind == "wgan-gp"          # inherited from its base preset
+    assert demo.loss.kind == "logistic-r1"      # its own choice (see configs/demo-cpu.yaml)
+    assert demo.optim.beta2 == 0.99             # inherited from its base preset
     validate(big), validate(demo)
 
 

@@ -28,6 +28,7 @@ from .dataset_info import IMAGE_EXTS, DatasetError, DatasetInfo
 from .decode import collate_images, decode_native
 from .seeds import derive_seed
 from .tar_reader import expand_shards
+from .workers import ignore_stop_signals
 
 
 def worker_slot() -> Tuple[int, int]:
@@ -148,6 +149,7 @@ def _loader(pipeline, num_workers: int, seed: int, pin_memory: bool):
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(seed),
                                        pin_memory=pin_memory,
+                                       worker_init_fn=ignore_stop_signals,
                                        prefetch_factor=4 if num_workers else None)
 
 

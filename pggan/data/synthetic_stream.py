@@ -13,6 +13,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 
 from .synthetic import hash_uniform, synthetic_images
+from .workers import ignore_stop_signals
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -74,6 +75,7 @@ def synthetic_train_stream(res: int, *, batch_per_gpu: int, seed: int, rank: int
     # Explicit generator: the DataLoader must not draw from the global torch RNG.
     loader = torch.utils.data.DataLoader(steps, batch_size=None, num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(seed),
+                                         worker_init_fn=ignore_stop_signals,
                                          prefetch_factor=2)
     return iter(loader)
 

@@ -174,7 +174,7 @@ def _run(args, tmp_path):
                           env=env, timeout=120, cwd=tmp_path)
 
 
-SMOKE = ["--device", "cpu", "--config", "demo-cpu", "--max-res", "8",
+SMOKE = ["--device", "cpu", "--config", "demo-cpu", "--max-res", "8", "--set", "loss.kind=wgan-gp",
          "--set", "model.fmap_base=32", "--set", "model.fmap_max=8",
          "--set", "model.latent_dim=8", "--set", "schedule.batch_by_res={4: 8, 8: 4}",
          "--warmup", "1", "--steps", "2", "--matmul-size", "64", "--fade"]
@@ -193,7 +193,7 @@ def test_cpu_smoke_run_writes_the_tables(tmp_path):
     command = next(h for h in data["header"] if h.startswith("command: "))
     assert command.startswith("command: OMP_NUM_THREADS=1 ")
     assert "python benchmarks/train_step.py --device cpu --config demo-cpu --max-res 8 " \
-        "--set model.fmap_base=32" in command
+        "--set loss.kind=wgan-gp --set model.fmap_base=32" in command
     assert any("impl=triton is not timed" in n for n in data["notes"])
 
     # Rows: res 4 (no fade-in at the start resolution), 8 stabilised and mid-fade; triton was

@@ -97,7 +97,7 @@ def test_usr1_to_every_process_checkpoints_and_the_next_launch_resumes(tmp_path)
     seen = []
     proc = node_launch(env, *train, start_new_session=True)
     try:
-        read_until(proc, r"^tick \d+ .* kimg (?!0\.0/)", 120, seen)
+        read_until(proc, r"^tick \d+ .* kimg (?!0\.0+/)", 120, seen)
         os.killpg(proc.pid, signal.SIGUSR1)
         name = read_until(proc, r"training state (training-state-(\d+)\.pt) \(signal\)", 60,
                           seen)

@@ -100,7 +100,7 @@ def test_usr1_checkpoints_requeues_and_resumes(cluster, tmp_path):
                f"{job_fields(env, job_id)}\n--- slurmctld.log (tail)\n{ctld}"
 
     # A tick after the first training steps: the trainer is training, not starting up.
-    wait_for("a training tick", lambda: re.search(r"^tick \d+ .* kimg (?!0\.0/)", output(),
+    wait_for("a training tick", lambda: re.search(r"^tick \d+ .* kimg (?!0\.0+/)", output(),
                                                   re.M), 150, describe)
     signalled = run(["scancel", "--signal=USR1", "--batch", job_id], env)
     assert signalled.returncode == 0, signalled.stderr
