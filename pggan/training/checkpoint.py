@@ -13,6 +13,9 @@ weights_only=True, so no code is unpickled):
                   max_res loads into a bigger network whose parameter order differs)
   scaler          None (bf16 needs no loss scaling); augment: the AugmentPipe state or None
   ada_accum       [sum of sign(D(real)), count] not yet applied to the augment probability
+  optimizer_shards  (DeepSpeed engine) the directory beside the state holding each process's
+                  slice of the Adam states; G_opt / D_opt then only name it
+                  (optimizer_shards.py). The index records it and pruning deletes it too.
 
 RUN_DIR/checkpoints/index.json lists every state with its cur_nimg, kind and boundary_res; the
 position of a state is read from there (or from the file itself), never from its name. The
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -204,6 +208,7 @@ class IndexEntry:
     kind: str
     boundary_res: Optional[int]
     res: int
+    shards: Optional[str] = None    # directory of per-process optimizer shards (DeepSpeed)
 
     @property
     def kimg(self) -> float:
@@ -212,7 +217,8 @@ class IndexEntry:
 
 def _entry_from_state(file: str, data: dict) -> IndexEntry:
     return IndexEntry(file=file, cur_nimg=int(data["cur_nimg"]), kind=str(data.get("kind", "")),
-                      boundary_res=data.get("boundary_res"), res=int(data["res"]))
+                      boundary_res=data.get("boundary_res"), res=int(data["res"]),
+                      shards=data.get("optimizer_shards"))
 
 
 class CheckpointIndex:
@@ -239,7 +245,7 @@ class CheckpointIndex:
                     entries[e["file"]] = IndexEntry(file=e["file"], cur_nimg=int(e["cur_nimg"]),
                                                     kind=e["kind"],
                                                     boundary_res=e.get("boundary_res"),
-                                                    res=int(e["res"]))
+                                                    res=int(e["res"]), shards=e.get("shards"))
             except (ValueError, KeyError, TypeError):
                 entries = {}          # a damaged index is rebuilt from the files below
         files = {p.name for p in directory.glob(STATE_GLOB)} if directory.is_dir() else set()
@@ -284,6 +290,8 @@ class CheckpointIndex:
                 (self.directory / e.file).unlink()
             except FileNotFoundError:
                 pass
+            if e.shards:
+                shutil.rmtree(self.directory / e.shards, ignore_errors=True)
         names = {e.file for e in doomed}
         self.entries = [e for e in self.entries if e.file not in names]
         return sorted(names)

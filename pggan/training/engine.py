@@ -2,8 +2,9 @@
 
 The loop never touches torch.distributed or the launcher directly; it asks an `Engine`. The one
 here, `AccelerateEngine`, lets Hugging Face Accelerate own the launch: process group (NCCL on
-GPUs, gloo on CPU), device placement and the mixed-precision choice. A DeepSpeed engine can
-implement the same interface for the same loop.
+GPUs, gloo on CPU), device placement and the mixed-precision choice. `DeepSpeedEngine`
+(deepspeed_engine.py) implements the same interface for the same loop with ZeRO-sharded Adam
+states (`prepare_optimizers`, `save_optimizer_states`, `load_optimizer_states`).
 
 Why G and D are not wrapped in DistributedDataParallel: progressive growing changes which
 blocks take part at every stage, and DDP either fails on parameters that got no gradient or, with
@@ -16,13 +17,15 @@ blocks are never touched.
 from __future__ import annotations
 
 import contextlib
-from typing import List, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import ConfigError, TrainConfig
+from .checkpoint import load_optimizer_state_by_name, optimizer_state_by_name
 
 
 class Engine:
@@ -107,6 +110,29 @@ class Engine:
             t.copy_(flat[offset:offset + n].view_as(t))
             offset += n
 
+    # ---- optimizers and their checkpoints (the DeepSpeed engine shards them) ------------
+
+    def prepare_optimizers(self, nets: Dict[str, nn.Module], opts: Dict[str, torch.optim.Adam],
+                           images_per_step: int) -> dict:
+        """-> the optimizers the loop steps (here: `opts` as they are)."""
+        return opts
+
+    def save_optimizer_states(self, opts: dict, nets: Dict[str, nn.Module], directory: Path,
+                              cur_nimg: int) -> dict:
+        """Collective. -> the training state's "G_opt" / "D_opt" entries (main process)."""
+        if not self.is_main:
+            return {}
+        return {f"{name}_opt": optimizer_state_by_name(opt, nets[name])
+                for name, opt in opts.items()}
+
+    def load_optimizer_states(self, opts: dict, nets: Dict[str, nn.Module], data: dict,
+                              path) -> None:
+        """Load a training state's optimizer states (whole or saved in per-process shards)."""
+        from .optimizer_shards import full_optimizer_state
+        for name, opt in opts.items():
+            saved = full_optimizer_state(data, name, Path(path) if path else None)
+            load_optimizer_state_by_name(opt, nets[name], saved, f"{path}: {name}_opt")
+
     def close(self) -> None:
         pass
 
@@ -137,8 +163,14 @@ class AccelerateEngine(Engine):
             dist.barrier()
 
 
-def make_engine(train_cfg: TrainConfig) -> Engine:
+def make_engine(train_cfg: TrainConfig, deepspeed_config: Optional[str] = None) -> Engine:
+    """--engine ddp: AccelerateEngine; --engine deepspeed: DeepSpeedEngine (ZeRO-1/2), with
+    `deepspeed_config` (default launch/deepspeed-zero<stage>.json)."""
+    if train_cfg.engine == "deepspeed":
+        from .deepspeed_engine import DeepSpeedEngine
+        return DeepSpeedEngine(train_cfg, deepspeed_config)
+    if deepspeed_config is not None:
+        raise ConfigError("--deepspeed-config needs --engine deepspeed")
     if train_cfg.engine == "ddp":
         return AccelerateEngine(train_cfg)
-    raise ConfigError(f"engine {train_cfg.engine}: this version trains with the Accelerate "
-                      f"engine only (--engine ddp)")
+    raise ConfigError(f"engine {train_cfg.engine}: choose ddp or deepspeed")

@@ -44,9 +44,8 @@ from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
 from ..schedule import ResolutionSchedule, SchedulePoint
 from ..snapshot import save_snapshot
-from .checkpoint import (CheckpointError, check_model_compatible, load_module_state,
-                         load_optimizer_state_by_name, optimizer_state_by_name,
-                         save_training_state)
+from .checkpoint import (CheckpointError, check_model_compatible, checkpoint_dir,
+                         load_module_state, optimizer_state_by_name, save_training_state)
 from .ema import ema_beta, make_ema, module_names, update_ema
 from .engine import Engine
 
@@ -127,6 +126,10 @@ class Trainer:
             "D": torch.optim.Adam(self.D.parameters(), lr=cfg.schedule.lr * c,
                                   betas=(o.beta1 ** c, o.beta2 ** c), eps=o.eps),
         }
+        # The DeepSpeed engine swaps them for ZeRO-partitioned Adam with the same settings.
+        first = self.schedule.at(0)
+        self.opt = engine.prepare_optimizers(self.nets, self.opt,
+                                             first.batch_per_gpu * first.accum_rounds)
 
         self.augment = None
         if cfg.augment.mode != "off":
@@ -180,9 +183,14 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------
 
-    def state_payload(self, kind: str, boundary_res: Optional[int]) -> dict:
+    def state_payload(self, kind: str, boundary_res: Optional[int],
+                      opt_states: Optional[dict] = None) -> dict:
         """The training state as saved (CPU tensors). Call `_fold_ada_accum` on every rank
-        first when running distributed."""
+        first when running distributed. `opt_states`: the G_opt / D_opt entries from
+        engine.save_optimizer_states (default: both Adam states by name)."""
+        if opt_states is None:
+            opt_states = {"G_opt": optimizer_state_by_name(self.opt["G"], self.G),
+                          "D_opt": optimizer_state_by_name(self.opt["D"], self.D)}
         cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}   # noqa: E731
         res, alpha = self.trained_point or (self.active_res, 1.0)
         return {
@@ -192,8 +200,7 @@ class Trainer:
             "model": dataclasses.asdict(self.cfg.model), "config": self.cfg.to_dict(),
             "G": cpu(self.G.state_dict()), "D": cpu(self.D.state_dict()),
             "G_ema": cpu(self.G_ema.state_dict()),
-            "G_opt": optimizer_state_by_name(self.opt["G"], self.G),
-            "D_opt": optimizer_state_by_name(self.opt["D"], self.D),
+            **opt_states,
             "scaler": None,
             "augment": cpu(self.augment.state_dict()) if self.augment is not None else None,
             "ada_accum": self.ada_accum.cpu().tolist(),
@@ -215,8 +222,7 @@ class Trainer:
         saved_max = int(data["model"]["max_res"])
         for name in ("G", "D", "G_ema"):
             load_module_state(getattr(self, name), data[name], saved_max, name, path)
-        load_optimizer_state_by_name(self.opt["G"], self.G, data["G_opt"], f"{path}: G_opt")
-        load_optimizer_state_by_name(self.opt["D"], self.D, data["D_opt"], f"{path}: D_opt")
+        self.engine.load_optimizer_states(self.opt, self.nets, data, path)
         if self.augment is not None and data.get("augment") is not None:
             self.augment.load_state_dict(data["augment"])
         if self.engine.is_main and data.get("ada_accum") is not None:
@@ -571,8 +577,10 @@ class Trainer:
     def _save_checkpoint(self, point: SchedulePoint, kind: str,
                          boundary_res: Optional[int]) -> None:
         self._fold_ada_accum()                              # collective: every rank
+        opt_states = self.engine.save_optimizer_states(     # collective: every rank
+            self.opt, self.nets, checkpoint_dir(self.run_dir), self.cur_nimg)
         if self.engine.is_main:
-            payload = self.state_payload(kind, boundary_res)
+            payload = self.state_payload(kind, boundary_res, opt_states)
             path = save_training_state(self.run_dir, payload, self.cfg.train.keep_last)
             self.log.console(f"  training state {path.name} ({kind})")
         self.engine.barrier()
