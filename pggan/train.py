@@ -3,6 +3,7 @@
     python pggan/train.py --config demo-cpu --max-res 32 --total-kimg 50
     accelerate launch pggan/train.py --config pggan-celebahq-1024 --data DATA --run-dir RUN
     torchrun --nproc_per_node 8 pggan/train.py ...
+    torchrun --nproc_per_node 8 pggan/train.py --engine deepspeed --zero-stage 2 ...
 
 To continue an interrupted run, run the same command with `--resume auto`.
 
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume-res", type=int, default=None, metavar="RES",
                         help="with --resume: start from the state saved where the RES x RES "
                              "stage began")
+    parser.add_argument("--deepspeed-config", default=None, metavar="FILE",
+                        help="with --engine deepspeed: DeepSpeed JSON config (communication "
+                             "settings; default launch/deepspeed-zero<stage>.json)")
+    # The deepspeed launcher passes --local_rank; the rank is read from LOCAL_RANK instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
     return parser
 
 
@@ -61,7 +68,7 @@ def create_trainer(cfg, args):
     run_dir = Path(cfg.train.run_dir)
     resume_path = resolve_resume(run_dir, args.resume, args.resume_res)
     state = read_training_state(resume_path) if resume_path is not None else None
-    engine = make_engine(cfg.train)
+    engine = make_engine(cfg.train, getattr(args, "deepspeed_config", None))
     trainer = Trainer(cfg, engine, run_dir, resume_state=state, resume_path=resume_path)
     del state
     if engine.is_main and not trainer.finished:
