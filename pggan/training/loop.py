@@ -283,7 +283,9 @@ class Trainer:
             done = self.finished
 
             t0 = time.time()
-            ticked = self.cur_nimg >= next_tick_nimg or done or stop
+            # A stop right after a tick adds no second status line at the same cur_nimg.
+            ticked = self.cur_nimg >= next_tick_nimg or done or (
+                stop and (self.tick_index == 0 or self.cur_nimg > self.tick_start_nimg))
             if ticked:
                 self._status(point)
                 next_tick_nimg = self.cur_nimg + self.tick_nimg

@@ -1,5 +1,6 @@
 """Runs pggan-train's Trainer exactly as the CLI does (same arguments, same files written), then
 saves this rank's G, D, G_ema and Adam states to OUT/rank<r>.pt, so a test can compare ranks.
+Under --engine deepspeed the Adam states are this rank's own ZeRO slices (G_shard, D_shard).
 
     torchrun --nproc_per_node 2 tests/training/dist_worker.py OUT [pggan-train arguments]
 """
@@ -19,12 +20,17 @@ def main() -> int:
     trainer = create_trainer(config_from_args(args), args)
     code = trainer.run()
     rank = trainer.engine.rank
-    torch.save({"G": trainer.G.state_dict(), "D": trainer.D.state_dict(),
-                "G_ema": trainer.G_ema.state_dict(),
-                "G_opt": optimizer_state_by_name(trainer.opt["G"], trainer.G),
-                "D_opt": optimizer_state_by_name(trainer.opt["D"], trainer.D),
-                "cur_nimg": trainer.cur_nimg, "step_index": trainer.step_index},
-               out / f"rank{rank}.pt")
+    state = {"G": trainer.G.state_dict(), "D": trainer.D.state_dict(),
+             "G_ema": trainer.G_ema.state_dict(),
+             "cur_nimg": trainer.cur_nimg, "step_index": trainer.step_index,
+             "world_size": trainer.engine.world_size}
+    for name, net in (("G", trainer.G), ("D", trainer.D)):
+        opt = trainer.opt[name]
+        if hasattr(opt, "shard_state"):                 # DeepSpeed ZeRO: this rank's slices
+            state[f"{name}_shard"] = opt.shard_state()
+        else:
+            state[f"{name}_opt"] = optimizer_state_by_name(opt, net)
+    torch.save(state, out / f"rank{rank}.pt")
     trainer.engine.close()
     return code
 

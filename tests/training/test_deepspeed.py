@@ -38,7 +38,7 @@ from pggan.training.optimizer_shards import full_optimizer_state
 from trainkit import (REPO, TINY_TOTAL_NIMG, TINY_YAML, descendants, index_entries, kill_run,
                       run_train, start_train, tensor_diffs, wait_for_checkpoint)
 
-DS_WORKER = Path(__file__).resolve().parent / "deepspeed_worker.py"
+DS_WORKER = Path(__file__).resolve().parent / "dist_worker.py"
 LOSS_KEYS = ("Loss/D/adv", "Loss/G/adv", "Loss/D/gp", "Loss/D/drift", "Scores/real",
              "Scores/fake")
 FADE16_NIMG = 192           # the 16x16 fade-in starts here in the tiny configuration
