@@ -56,7 +56,7 @@ import torch.nn as nn
 from ..config import ConfigError, TrainConfig
 from .checkpoint import CheckpointError
 from .dist_env import DistEnvError, process_env
-from .engine import Engine
+from .engine import Engine, resolve_mixed_precision
 from .optimizer_shards import (begin_shard_dir, commit_shard_dir, full_optimizer_state,
                                shard_dir_name, shard_marker, shard_tmp_dir, write_shard)
 
@@ -345,13 +345,7 @@ class DeepSpeedEngine(Engine):
             raise ConfigError(f"--engine deepspeed needs the deepspeed package ({e}); "
                               f"pip install 'pggan[deepspeed]'") from None
         cuda = torch.cuda.is_available()
-        mp = train_cfg.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if cuda else "no"
-        if mp == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-            raise ConfigError("mixed-precision bf16: this GPU has no bfloat16 support; use "
-                              "--mixed-precision no")
-        self.mixed_precision = mp
+        self.mixed_precision = resolve_mixed_precision(train_cfg)
         if cuda:
             self.device = torch.device("cuda", penv.local_rank)
             torch.cuda.set_device(self.device)

@@ -137,6 +137,18 @@ class Engine:
         pass
 
 
+def resolve_mixed_precision(train_cfg: TrainConfig) -> str:
+    """train.mixed_precision -> 'bf16' or 'no' ('auto': bf16 on a GPU, float32 on the CPU)."""
+    cuda = torch.cuda.is_available()
+    mp = train_cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if cuda else "no"
+    if mp == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("mixed-precision bf16: this GPU has no bfloat16 support; use "
+                          "--mixed-precision no")
+    return mp
+
+
 class AccelerateEngine(Engine):
     """Accelerate owns the process group and the device. Works under `accelerate launch`,
     `torchrun` and plain `python` (one process)."""
@@ -145,12 +157,7 @@ class AccelerateEngine(Engine):
         from accelerate import Accelerator
 
         cuda = torch.cuda.is_available()
-        mp = train_cfg.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if cuda else "no"
-        if mp == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-            raise ConfigError("mixed-precision bf16: this GPU has no bfloat16 support; use "
-                              "--mixed-precision no")
+        mp = resolve_mixed_precision(train_cfg)
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes

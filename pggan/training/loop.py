@@ -38,7 +38,9 @@ from typing import Dict, Optional
 import torch
 
 from ..config import Config, ConfigError
+from ..data.reals import prepare_reals
 from ..data.seeds import derive_seed
+from ..data.stream import make_train_stream
 from ..logging import Collector, RunLog, format_duration, image_grid, save_png
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
@@ -442,7 +444,6 @@ class Trainer:
                 "gp_eps": torch.rand([point.batch, 1, 1, 1], generator=gen)}
 
     def _make_stream(self, point: SchedulePoint):
-        from ..data.stream import make_train_stream
         return make_train_stream(self.cfg.data, point.res, batch_per_gpu=point.batch_per_gpu,
                                  seed=self.cfg.train.seed, rank=self.engine.rank,
                                  world_size=self.engine.world_size, start_nimg=self.cur_nimg,
@@ -450,7 +451,6 @@ class Trainer:
                                  pin_memory=self.device.type == "cuda")
 
     def _prepare_reals(self, images: torch.Tensor, alpha: float) -> torch.Tensor:
-        from ..data.reals import prepare_reals
         return prepare_reals(images, alpha, self.device,
                              channels_last=self.cfg.train.channels_last,
                              impl=self.cfg.model.impl)
