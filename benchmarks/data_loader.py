@@ -3,7 +3,7 @@
 For each resolution the script reads the shard set's encoded images into memory and times
 `pggan.data.decode.decode_image` over them in one process (raw decode, no pipeline), then times
 the training stream (`make_train_stream`: resampled shards, tar expansion, shuffle buffer,
-decode, mirror, batching, DataLoader workers) for each worker count. Both are reported as
+decode, mirror, batching, loader worker processes) for each worker count. Both are reported as
 images per wall-clock second and as images per CPU-second (the decoding process, or the
 training process plus all loader workers): on a machine shared with other jobs the wall clock
 measures the other jobs too, the CPU time measures what one core of ours achieves.
@@ -40,15 +40,16 @@ from pggan.data.decode import decode_image, decoder_name  # noqa: E402
 SECTION = "## Data loader"
 NOTES = """
 Notes:
-- `loader workers 0` runs the same pipeline inside the training process; 1 and 2 are
-  DataLoader worker processes. The gap between them at 256 and 1024 px is the cost of handing
-  each batch to the training process through freshly allocated shared memory (written page by
-  page in the worker), which the in-process pipeline does not pay.
+- `loader workers 0` runs the same pipeline inside the training process; 1 and 2 are loader
+  worker processes (pggan/data/worker_pool.py), which decode into shared-memory batch slots
+  allocated once and reused; the training process copies each batch out (0.3 ms per 6 MB
+  batch) and hands the slot back. Local shards are memory-mapped, so a sample's bytes are not
+  copied before decoding.
+- The per-core comparison counts the CPU time of every process of the loader (the training
+  process included), so the cost of handing batches between processes is in it.
 - At 4..16 px a PNG decodes in a few microseconds, so the per-sample Python work of the
   pipeline (tar parsing, shuffle buffer, batching) dominates; the ratio to raw decode is low
   there although the absolute rates are the highest.
-- The wall-clock rates include the time the other jobs on the machine held the two cores
-  (compare raw img/s with raw img per CPU-s: one process got well under one core).
 """
 
 
@@ -102,7 +103,7 @@ def cpu_seconds(pids: list) -> float:
 
 
 def child_pids() -> list:
-    """Processes started by this one (the DataLoader workers), from /proc."""
+    """Processes started by this one (the loader workers), from /proc."""
     pids = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         try:
@@ -254,8 +255,8 @@ def main() -> None:
         f"Decoder: {decoder_name()}.",
         f"Command: `{cmd}`",
         f"Load average at the end of the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-        f"(1/5/15 min; the machine was shared with other jobs, so wall-clock rates are lower "
-        f"bounds and the per-core comparison uses CPU time: images per CPU-second of the "
+        f"(1/5/15 min; on a machine shared with other jobs wall-clock rates are lower "
+        f"bounds, so the per-core comparison uses CPU time: images per CPU-second of the "
         f"decoding process(es)). Each figure is the best of {args.repeats} interleaved "
         f"{args.seconds:g} s runs. Data: generated photo-like PNGs (smooth colour fields + "
         f"Gaussian noise, sigma 8) through data_prep, {args.small_images} images for 4..64 px, "

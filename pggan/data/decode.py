@@ -7,15 +7,17 @@ pixels for PNG (lossless), but OpenCV has far less per-image overhead on small i
 
 Decoding is split in two so that the batch needs one copy only: `decode_native` gives the
 decoder's own channel order (BGR for OpenCV), and `store_rgb` converts it to RGB while writing
-it into its slot of the batch. `decode_image` does both for a single image.
+it into its place in the batch (DecodedBatch.write_into). `decode_image` does both for a single
+image.
 """
 from __future__ import annotations
 
 import functools
 import io
+from dataclasses import dataclass
+from typing import List, Optional
 
 import numpy as np
-import torch
 from PIL import Image
 
 _PIL_MODES = {1: "L", 3: "RGB"}
@@ -53,18 +55,27 @@ def decode_native(data: bytes, channels: int) -> np.ndarray:
 
 def store_rgb(native: np.ndarray, out: np.ndarray, mirror: bool = False) -> None:
     """Write decode_native's [H, W, C] into `out` ([H, W, C] view) as RGB, left-right mirrored
-    if asked: one pass over the pixels (OpenCV's SIMD flip / colour conversion)."""
+    if asked: one pass over the pixels (OpenCV's SIMD colour conversion or flip)."""
     cv2 = _cv2()
     if cv2 is None:
         np.copyto(out, native[:, ::-1] if mirror else native)
         return
-    src = cv2.flip(native, 1) if mirror else native
-    if src.ndim == 2:
-        src = src[:, :, None]
-    if native.shape[2] == 3:
-        cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=out)
+    h, w, c = native.shape
+    if not mirror:
+        if c == 3:
+            cv2.cvtColor(native, cv2.COLOR_BGR2RGB, dst=out)
+        else:
+            np.copyto(out, native)
+    elif out.flags.c_contiguous and native.flags.c_contiguous:
+        # Reversing the bytes of a BGR row reverses the pixel order and turns each BGR pixel
+        # into RGB: mirror and colour conversion in one flip of the [H, W * C] byte rows.
+        cv2.flip(native.reshape(h, w * c), 1, dst=out.reshape(h, w * c))
     else:
-        np.copyto(out, src)
+        flipped = cv2.flip(native, 1).reshape(h, w, c)
+        if c == 3:
+            cv2.cvtColor(flipped, cv2.COLOR_BGR2RGB, dst=out)
+        else:
+            np.copyto(out, flipped)
 
 
 def decode_image(data: bytes, channels: int) -> np.ndarray:
@@ -75,17 +86,20 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
     return out
 
 
-def collate_images(images: list, mirror_flags: list, shared: bool = False) -> torch.Tensor:
-    """decode_native arrays -> uint8 [N, C, H, W] RGB tensor in channels_last memory layout
-    (the decoders' own HWC order, so there is no transpose on the CPU).
+@dataclass
+class DecodedBatch:
+    """A batch of decode_native arrays waiting to be written into its buffer (a worker's
+    shared-memory slot or a fresh tensor): one pass per image converts to RGB and mirrors."""
+    images: List[np.ndarray]            # [H, W, C] each, decoder channel order
+    flips: List[bool]                   # mirror left-right
+    labels: Optional[List[int]]
+    indices: Optional[List[int]]
 
-    shared=True (in a DataLoader worker): the batch is written straight into shared memory,
-    so handing it to the training process does not copy it once more."""
-    first = images[0]
-    batch = torch.empty((len(images),) + first.shape, dtype=torch.uint8)   # [N, H, W, C]
-    if shared:
-        batch.share_memory_()
-    slots = batch.numpy()
-    for k, (img, flip) in enumerate(zip(images, mirror_flags)):
-        store_rgb(img, slots[k], flip)
-    return batch.permute(0, 3, 1, 2)                                       # [N, C, H, W]
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    def write_into(self, out: np.ndarray) -> None:
+        """out: uint8 [n, H, W, C] (a view), RGB."""
+        for k, (img, flip) in enumerate(zip(self.images, self.flips)):
+            store_rgb(img, out[k], flip)

@@ -2,17 +2,21 @@
 
 Training stream (infinite): every (rank, worker) draws shards with replacement
 (wds.ResampledShards), expands the tars (tar_reader), shuffles in a buffer of encoded samples,
-decodes to uint8 in the worker and assembles batches (mirroring while it copies). Batches are
-uint8 [B, C, res, res] in channels_last memory layout (the decoders' HWC order; see
-decode.collate_images). All randomness is seeded from
-(seed, rank, worker, start_nimg, purpose), so starting again at the same `start_nimg` reads the
-same stream: a resumed run continues a reproducible stream. Ranks and workers differ only by
-their seeds, which is how a resampled stream is split across nodes and workers.
+decodes to uint8 in the worker and assembles batches (mirroring while it writes them into the
+worker's shared-memory slot, worker_pool.py). Batches are uint8 [B, C, res, res] in
+channels_last memory layout (the decoders' HWC order; see decode.DecodedBatch). All randomness
+is seeded from (seed, rank, worker, start_nimg, purpose), so starting again at the same
+`start_nimg` reads the same stream: a resumed run continues a reproducible stream. Ranks and
+workers differ only by their seeds, which is how a resampled stream is split across nodes and
+workers.
 
 Epoch stream (finite): each image exactly once over all ranks x workers. With at least as many
 shards as (rank, worker) slots the shards are dealt out (split by node, then by worker);
 with fewer, every slot reads every shard and keeps the images whose global index falls in its
 slot (index % slots), so the split stays exact and balanced for small shard sets.
+
+The pipelines are built inside each worker by a producer (`TrainBatches`, `EpochBatches`) that
+is told its worker id and count, so no stage looks up a process-global worker identity.
 """
 from __future__ import annotations
 
@@ -21,32 +25,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
-import torch
 import webdataset as wds
 
 from .dataset_info import IMAGE_EXTS, DatasetError, DatasetInfo
-from .decode import collate_images, decode_native
+from .decode import DecodedBatch, decode_native
 from .seeds import derive_seed
 from .tar_reader import expand_shards
-from .workers import ignore_stop_signals
-
-
-def worker_slot() -> Tuple[int, int]:
-    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) in-process."""
-    info = torch.utils.data.get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-@dataclass(frozen=True)
-class WorkerSeed:
-    """Callable seed of the calling worker (evaluated inside it, so each worker differs)."""
-    seed: int
-    rank: int
-    start_nimg: int
-    purpose: str
-
-    def __call__(self) -> int:
-        return derive_seed(self.seed, self.rank, worker_slot()[0], self.start_nimg, self.purpose)
+from .worker_pool import batch_stream
 
 
 @dataclass
@@ -104,53 +89,37 @@ class DecodeSample:
 
 @dataclass(frozen=True)
 class SeededShuffle:
-    """wds.shuffle with a per-worker rng created when the worker starts iterating."""
+    """wds.shuffle with its own rng (seeded for this worker)."""
     bufsize: int
-    seed: WorkerSeed
+    seed: int
 
     def __call__(self, src):
         return wds.shuffle(self.bufsize, initial=min(self.bufsize, 100),
-                           rng=random.Random(self.seed()))(src)
+                           rng=random.Random(self.seed))(src)
 
 
 @dataclass(frozen=True)
 class SeededMirror:
     """Decides the left-right flip of each sample (probability 1/2); the flip itself is done
-    while the batch is assembled. Adds a fourth element, the flag."""
-    seed: Optional[WorkerSeed]              # None: never flip
+    while the batch is written. Adds a fourth element, the flag."""
+    seed: Optional[int]                     # None: never flip
 
     def __call__(self, src):
-        rng = random.Random(self.seed()) if self.seed is not None else None
+        rng = random.Random(self.seed) if self.seed is not None else None
         for sample in src:
             yield sample + ((rng is not None and rng.random() < 0.5),)
 
 
 @dataclass(frozen=True)
 class CollateBatch:
-    """[(image, label, index, flip)] -> (uint8 [N, C, H, W] channels_last, int64 [N] labels or
-    None[, int64 [N] global indices])."""
+    """[(image, label, index, flip)] -> DecodedBatch (written into its buffer later)."""
     labelled: bool
     with_index: bool = False
 
-    def __call__(self, samples: list):
-        in_worker = torch.utils.data.get_worker_info() is not None
-        images = collate_images([s[0] for s in samples], [s[3] for s in samples],
-                                shared=in_worker)
-        labels = (torch.tensor([s[1] for s in samples], dtype=torch.int64)
-                  if self.labelled else None)
-        if self.with_index:
-            return images, labels, torch.tensor([s[2] for s in samples], dtype=torch.int64)
-        return images, labels
-
-
-def _loader(pipeline, num_workers: int, seed: int, pin_memory: bool):
-    # An explicit generator: the DataLoader must not draw its worker base seed from the global
-    # torch RNG, which would shift the training loop's noise.
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(seed),
-                                       pin_memory=pin_memory,
-                                       worker_init_fn=ignore_stop_signals,
-                                       prefetch_factor=4 if num_workers else None)
+    def __call__(self, samples: list) -> DecodedBatch:
+        return DecodedBatch([s[0] for s in samples], [s[3] for s in samples],
+                            [s[1] for s in samples] if self.labelled else None,
+                            [s[2] for s in samples] if self.with_index else None)
 
 
 def _check_channels(info: DatasetInfo, img_channels: Optional[int]) -> int:
@@ -163,42 +132,65 @@ def _check_channels(info: DatasetInfo, img_channels: Optional[int]) -> int:
     return img_channels
 
 
+@dataclass(frozen=True)
+class TrainBatches:
+    """Producer of the resampled training pipeline for worker `worker` of `num_workers`."""
+    urls: Tuple[str, ...]
+    res: int
+    channels: int
+    ext: str
+    batch: int
+    seed: int
+    rank: int
+    start_nimg: int
+    shuffle_buffer: int
+    mirror: bool
+    labelled: bool
+
+    def __call__(self, worker: int, num_workers: int):
+        def seed(purpose: str) -> int:
+            return derive_seed(self.seed, self.rank, worker, self.start_nimg, purpose)
+        shard_seed = seed("shards")
+        stages = [wds.ResampledShards(list(self.urls), worker_seed=lambda: shard_seed,
+                                      deterministic=True),
+                  ExpandShards(ErrorBudget(limit=10))]
+        if self.shuffle_buffer > 1:
+            stages.append(SeededShuffle(self.shuffle_buffer, seed("shuffle")))
+        stages.append(wds.map(DecodeSample(self.res, self.channels, self.ext)))
+        stages.append(SeededMirror(seed("mirror") if self.mirror else None))
+        stages.append(wds.batched(self.batch, collation_fn=CollateBatch(self.labelled),
+                                  partial=False))
+        return iter(wds.DataPipeline(*stages))
+
+
+def _drop_index(stream: Iterator) -> Iterator:
+    for images, labels, _ in stream:
+        yield images, labels
+
+
 def shard_train_stream(info: DatasetInfo, res: int, *, batch_per_gpu: int, seed: int, rank: int,
                        start_nimg: int, img_channels: Optional[int], mirror: bool,
                        shuffle_buffer: int, num_workers: int,
                        pin_memory: bool = False) -> Iterator:
     """Infinite iterator of (uint8 [B, C, res, res] channels_last, int64 [B] or None)."""
     channels = _check_channels(info, img_channels)
-    urls = info.shard_urls(res)
-    ext = IMAGE_EXTS[info.image_formats[res]]
-    stages = [
-        wds.ResampledShards(urls, worker_seed=WorkerSeed(seed, rank, start_nimg, "shards"),
-                            deterministic=True),
-        ExpandShards(ErrorBudget(limit=10)),
-    ]
-    if shuffle_buffer > 1:
-        stages.append(SeededShuffle(shuffle_buffer, WorkerSeed(seed, rank, start_nimg, "shuffle")))
-    stages.append(wds.map(DecodeSample(res, channels, ext)))
-    stages.append(SeededMirror(WorkerSeed(seed, rank, start_nimg, "mirror") if mirror else None))
-    stages.append(wds.batched(batch_per_gpu, collation_fn=CollateBatch(info.num_classes > 0),
-                              partial=False))
-    loader = _loader(wds.DataPipeline(*stages), num_workers,
-                     derive_seed(seed, rank, start_nimg, "loader"), pin_memory)
-    return iter(loader)
+    producer = TrainBatches(tuple(info.shard_urls(res)), res, channels,
+                            IMAGE_EXTS[info.image_formats[res]], batch_per_gpu, seed, rank,
+                            start_nimg, shuffle_buffer, mirror, info.num_classes > 0)
+    return _drop_index(batch_stream(producer, num_workers, batch_per_gpu,
+                                    (res, res, channels), pin_memory=pin_memory))
 
 
 @dataclass(frozen=True)
 class EpochShards:
     """First stage of the epoch pipeline: this (rank, worker) slot's shards, in order."""
     urls: Tuple[str, ...]
-    rank: int
-    world_size: int
+    slot: int
+    slots: int
     split_by_shard: bool
 
     def __call__(self):
-        worker, num_workers = worker_slot()
-        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
-        urls = self.urls[slot::slots] if self.split_by_shard else self.urls
+        urls = self.urls[self.slot::self.slots] if self.split_by_shard else self.urls
         return iter([dict(url=u) for u in urls])
 
 
@@ -206,20 +198,45 @@ class EpochShards:
 class EpochSelect:
     """Keep images with global index < num_images and, when shards are shared, index % slots ==
     slot. The global index is the sample key data_prep wrote."""
-    rank: int
-    world_size: int
+    slot: int
+    slots: int
     num_images: int
     split_by_shard: bool
 
     def __call__(self, src):
-        worker, num_workers = worker_slot()
-        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
         for sample in src:
             index = int(sample["__key__"])
             if index >= self.num_images:
                 continue
-            if self.split_by_shard or index % slots == slot:
+            if self.split_by_shard or index % self.slots == self.slot:
                 yield sample
+
+
+@dataclass(frozen=True)
+class EpochBatches:
+    """Producer of the epoch pipeline for worker `worker` of `num_workers` on rank `rank`."""
+    urls: Tuple[str, ...]
+    res: int
+    channels: int
+    ext: str
+    batch: int
+    rank: int
+    world_size: int
+    num_images: int
+    labelled: bool
+
+    def __call__(self, worker: int, num_workers: int):
+        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
+        split_by_shard = len(self.urls) >= slots
+        return iter(wds.DataPipeline(
+            EpochShards(self.urls, slot, slots, split_by_shard),
+            ExpandShards(ErrorBudget(limit=0)),
+            EpochSelect(slot, slots, self.num_images, split_by_shard),
+            wds.map(DecodeSample(self.res, self.channels, self.ext)),
+            SeededMirror(None),
+            wds.batched(self.batch, collation_fn=CollateBatch(self.labelled, True),
+                        partial=True),
+        ))
 
 
 def shard_epoch_stream(info: DatasetInfo, res: int, *, batch_size: int, rank: int,
@@ -232,17 +249,8 @@ def shard_epoch_stream(info: DatasetInfo, res: int, *, batch_size: int, rank: in
     limit = info.num_images if num_images is None else min(num_images, info.num_images)
     info.check_resolution(res)
     needed = [s for s in info.shards[res] if s.first_index < limit]
-    slots = world_size * max(num_workers, 1)
-    split_by_shard = len(needed) >= slots
     urls = tuple(info.shard_urls(res)[: len(needed)])
-    ext = IMAGE_EXTS[info.image_formats[res]]
-    pipeline = wds.DataPipeline(
-        EpochShards(urls, rank, world_size, split_by_shard),
-        ExpandShards(ErrorBudget(limit=0)),
-        EpochSelect(rank, world_size, limit, split_by_shard),
-        wds.map(DecodeSample(res, channels, ext)),
-        SeededMirror(None),
-        wds.batched(batch_size, collation_fn=CollateBatch(info.num_classes > 0, with_index),
-                    partial=True),
-    )
-    return iter(_loader(pipeline, num_workers, derive_seed(rank, "epoch"), pin_memory=False))
+    producer = EpochBatches(urls, res, channels, IMAGE_EXTS[info.image_formats[res]],
+                            batch_size, rank, world_size, limit, info.num_classes > 0)
+    stream = batch_stream(producer, num_workers, batch_size, (res, res, channels))
+    return stream if with_index else _drop_index(stream)

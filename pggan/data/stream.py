@@ -42,7 +42,7 @@ def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, see
         return synthetic_train_stream(res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
                                       world_size=world_size, start_nimg=start_nimg,
                                       img_channels=img_channels, mirror=data_cfg.mirror,
-                                      num_workers=data_cfg.num_workers)
+                                      num_workers=data_cfg.num_workers, pin_memory=pin_memory)
     info = load_dataset_info(data_cfg.path)
     return shard_train_stream(info, res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
                               start_nimg=start_nimg, img_channels=img_channels,

@@ -8,12 +8,14 @@ takes positions [p + r * B, p + (r + 1) * B). The mirror flip of a position is a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .synthetic import hash_uniform, synthetic_images
-from .workers import ignore_stop_signals
+from .worker_pool import batch_stream
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -37,16 +39,34 @@ def synthetic_batch(positions: torch.Tensor, res: int, channels: int, seed: int,
     return images
 
 
-class SyntheticSteps(torch.utils.data.IterableDataset):
-    """Micro-steps k = worker, worker + W, ... of one rank; a DataLoader with W workers asks
-    them in turn, so it returns k = 0, 1, 2, ... in order whatever W is."""
+@dataclass
+class RenderedBatch:
+    """A rendered uint8 [n, C, H, W] batch waiting to be written into its buffer."""
+    images: torch.Tensor
+    labels = None
+    indices = None
 
-    def __init__(self, res: int, batch_per_gpu: int, seed: int, rank: int, world_size: int,
-                 start_nimg: int, img_channels: int, mirror: bool):
-        super().__init__()
-        self.res, self.batch_per_gpu, self.seed = res, batch_per_gpu, seed
-        self.rank, self.world_size, self.start_nimg = rank, world_size, start_nimg
-        self.img_channels, self.mirror = img_channels, mirror
+    @property
+    def n(self) -> int:
+        return self.images.shape[0]
+
+    def write_into(self, out: np.ndarray) -> None:
+        """out: uint8 [n, H, W, C] (a view)."""
+        torch.from_numpy(out).copy_(self.images.permute(0, 2, 3, 1))
+
+
+@dataclass(frozen=True)
+class SyntheticSteps:
+    """Producer of one rank's micro-steps: worker w of W renders k = w, w + W, ..., and the
+    pool takes the workers in turn, so the stream is k = 0, 1, 2, ... whatever W is."""
+    res: int
+    batch_per_gpu: int
+    seed: int
+    rank: int
+    world_size: int
+    start_nimg: int
+    img_channels: int
+    mirror: bool
 
     def batch(self, k: int) -> torch.Tensor:
         """uint8 [B, C, res, res]: micro-step k of this rank."""
@@ -55,29 +75,27 @@ class SyntheticSteps(torch.utils.data.IterableDataset):
         positions = first + torch.arange(self.batch_per_gpu, dtype=torch.int64)
         return synthetic_batch(positions, self.res, self.img_channels, self.seed, self.mirror)
 
-    def __iter__(self) -> Iterator[Batch]:
-        info = torch.utils.data.get_worker_info()
-        k, stride = (info.id, info.num_workers) if info is not None else (0, 1)
+    def __call__(self, worker: int, num_workers: int) -> Iterator[RenderedBatch]:
+        k = worker
         while True:
-            yield self.batch(k), None
-            k += stride
+            yield RenderedBatch(self.batch(k))
+            k += num_workers
+
+
+def _drop_index(stream: Iterator) -> Iterator[Batch]:
+    for images, labels, _ in stream:
+        yield images, labels
 
 
 def synthetic_train_stream(res: int, *, batch_per_gpu: int, seed: int, rank: int,
                            world_size: int, start_nimg: int, img_channels: int, mirror: bool,
-                           num_workers: int = 0) -> Iterator[Batch]:
+                           num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
     """Infinite stream of (uint8 [B, C, res, res], None) for rank `rank` of `world_size`,
-    rendered in `num_workers` DataLoader workers (0: in this process)."""
+    rendered in `num_workers` worker processes (0: in this process)."""
     steps = SyntheticSteps(res, batch_per_gpu, seed, rank, world_size, start_nimg,
                            img_channels, mirror)
-    if num_workers == 0:
-        return iter(steps)
-    # Explicit generator: the DataLoader must not draw from the global torch RNG.
-    loader = torch.utils.data.DataLoader(steps, batch_size=None, num_workers=num_workers,
-                                         generator=torch.Generator().manual_seed(seed),
-                                         worker_init_fn=ignore_stop_signals,
-                                         prefetch_factor=2)
-    return iter(loader)
+    return _drop_index(batch_stream(steps, num_workers, batch_per_gpu,
+                                    (res, res, img_channels), pin_memory=pin_memory))
 
 
 def synthetic_epoch_stream(res: int, *, num_images: int, batch_size: int, seed: int, rank: int,

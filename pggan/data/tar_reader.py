@@ -7,15 +7,27 @@ stream mode costs per member what decoding a small image costs; measured on a 2-
 CPU (2026-11-22): 68 us vs 12 us per 64 px sample, 5.7 ms vs 0.7 ms per 2 MB 1024 px sample.
 Handled: ustar/GNU regular files, GNU long names ('L'), pax per-file paths ('x'); pax global
 headers, directories and links are passed over. Header checksums are verified.
+
+Local shards are memory-mapped instead of read: members of at least 64 KiB come out as
+read-only memoryviews of the mapped file (no copy; the decoder reads the page cache directly),
+smaller ones as bytes. At 1024 px a 2 MB PNG cost 1.3 ms to read() into a fresh bytes object
+(2-core x86_64 VM, 2026-11-22), 8% of its decode time; and a shuffle buffer of mapped samples
+holds page-cache pages the kernel can share and evict, not gigabytes of private copies
+(1000 samples of 2 MB per worker). Data_prep replaces shards by rename, never in place, so a
+mapped shard is not truncated under the reader.
 """
 from __future__ import annotations
 
+import mmap
+import os
 from typing import Iterator, Optional, Tuple
+from urllib.parse import urlparse
 
 import webdataset as wds
 
 _BLOCK = 512
 _READ_BUFFER = 1 << 20          # bytes; large sequential reads from disk, pipes and curl
+_VIEW_MIN = 64 << 10            # bytes; mapped members at least this big are not copied
 
 
 class ShardReadError(Exception):
@@ -64,14 +76,52 @@ def tar_members(stream, url: str) -> Iterator[Tuple[str, bytes]]:
                 name, next_name = next_name, None
             yield name, data
         elif kind == b"L":                  # GNU long name of the next member
-            next_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+            next_name = bytes(data).split(b"\0", 1)[0].decode("utf-8", "replace")
         elif kind == b"x":                  # pax extended header of the next member
-            for record in data.decode("utf-8", "replace").split("\n"):
+            for record in bytes(data).decode("utf-8", "replace").split("\n"):
                 _, _, kv = record.partition(" ")
                 if kv.startswith("path="):
                     next_name = kv[5:]
         else:
             next_name = None                # directory, link, pax global header, ...
+
+
+class MappedShard:
+    """A local shard file, memory-mapped, with the `read(n)` of a stream: returns bytes for
+    small reads (headers, labels) and memoryviews of the mapping for large members. The mapping
+    lives as long as any view of it."""
+
+    def __init__(self, path: str):
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # mmap keeps its own handle of the file; an empty file cannot be mapped.
+            self.view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                                   if size else b"")
+        self.pos = 0
+
+    def read(self, n: int):
+        start, self.pos = self.pos, min(self.pos + n, len(self.view))
+        part = self.view[start:self.pos]
+        return part if len(part) >= _VIEW_MIN else part.tobytes()
+
+    def close(self) -> None:
+        self.view = memoryview(b"")         # the mapping goes with the last member view
+
+
+def _local_path(url: str) -> Optional[str]:
+    """The file path of a local shard URL (plain path or file:), else None (http, pipe:)."""
+    if url.startswith("pipe:"):
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return parsed.path
+    return url if parsed.scheme == "" or len(parsed.scheme) == 1 else None   # C:\ on Windows
+
+
+def open_shard(url: str):
+    """A `read(n)` stream of the shard: memory-mapped when local, else through wds.gopen."""
+    path = _local_path(url)
+    return MappedShard(path) if path is not None else wds.gopen(url, bufsize=_READ_BUFFER)
 
 
 def _split(name: str) -> Tuple[str, str]:
@@ -88,7 +138,7 @@ def expand_shards(src, handler=wds.reraise_exception) -> Iterator[dict]:
         url = item["url"]
         stream = None
         try:
-            stream = wds.gopen(url, bufsize=_READ_BUFFER)
+            stream = open_shard(url)
             sample: Optional[dict] = None
             for name, data in tar_members(stream, url):
                 key, ext = _split(name)

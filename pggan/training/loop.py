@@ -63,11 +63,8 @@ class StopSignals:
     SIGINT (Ctrl-C twice) interrupts at once.
 
     The same signal usually reaches the data loader's worker processes too (Ctrl-C signals
-    the whole process group, and so does a job scheduler), and they die. torch's DataLoader
-    notices through a SIGCHLD handler that raises in the middle of whatever runs, which would
-    abort the step before the state can be saved. So once a stop signal is in, SIGCHLD goes
-    back to its default: the dead workers surface at the next read of the stream, where the
-    loop expects it (see Trainer._agree_to_go_on)."""
+    the whole process group, and so does a job scheduler); they ignore it
+    (pggan/data/workers.py) and are stopped by the stream when the trainer drops it."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -77,8 +74,6 @@ class StopSignals:
         if signum == signal.SIGINT and self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        if signal.SIGCHLD not in self._previous:
-            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:

@@ -73,3 +73,28 @@ def test_handler_decides_whether_to_go_on(tmp_path):
     assert len(seen) == 1 and seen[0].args[-1] == str(bad)
     with pytest.raises(ShardReadError):
         list(expand_shards(iter(urls)))
+
+
+def test_local_shards_are_mapped_and_large_members_not_copied(tmp_path):
+    big = bytes(range(256)) * 400                       # 100 KiB: handed out as a view
+    members = [("00000000.png", big), ("00000000.cls", b"7"), ("00000001.png", b"b" * 700),
+               ("00000002.png", big[::-1])]
+    path = tmp_path / "m.tar"
+    path.write_bytes(make_tar(members))
+    for url in (str(path), path.as_uri()):              # a plain path and a file: URL
+        samples = list(expand_shards(iter([{"url": url}])))
+        assert [bytes(s["png"]) for s in samples] == [big, b"b" * 700, big[::-1]]
+        assert isinstance(samples[0]["png"], memoryview) and samples[0]["png"].readonly
+        assert isinstance(samples[1]["png"], bytes) and samples[0]["cls"] == b"7"
+    # The views keep the mapping alive after the reader has moved on.
+    first = samples[0]["png"]
+    del samples
+    assert bytes(first[:512]) == big[:512]
+    del first                       # (rewriting a mapped file in place is what data_prep avoids)
+    # A truncated local shard is the same error as a truncated stream.
+    path.write_bytes(make_tar(members)[:70_000])
+    with pytest.raises(ShardReadError, match="end of data in a tar member"):
+        list(expand_shards(iter([{"url": str(path)}])))
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    assert list(expand_shards(iter([{"url": str(empty)}]))) == []
