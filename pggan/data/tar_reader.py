@@ -95,8 +95,12 @@ class MappedShard:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             # mmap keeps its own handle of the file; an empty file cannot be mapped.
-            self.view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                                   if size else b"")
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        if size and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+            # Read ahead aggressively: the shard is read front to back (network filesystems
+            # would otherwise fetch it one page fault at a time).
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        self.view = memoryview(mapped)
         self.pos = 0
 
     def read(self, n: int):
@@ -119,9 +123,17 @@ def _local_path(url: str) -> Optional[str]:
 
 
 def open_shard(url: str):
-    """A `read(n)` stream of the shard: memory-mapped when local, else through wds.gopen."""
+    """A `read(n)` stream of the shard: memory-mapped when local (read normally where the
+    filesystem cannot map files), else through wds.gopen."""
     path = _local_path(url)
-    return MappedShard(path) if path is not None else wds.gopen(url, bufsize=_READ_BUFFER)
+    if path is not None:
+        try:
+            return MappedShard(path)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except (OSError, ValueError):           # e.g. ENODEV: a FUSE mount without mmap
+            pass
+    return wds.gopen(url, bufsize=_READ_BUFFER)
 
 
 def _split(name: str) -> Tuple[str, str]:

@@ -98,3 +98,19 @@ def test_local_shards_are_mapped_and_large_members_not_copied(tmp_path):
     empty = tmp_path / "empty.tar"
     empty.write_bytes(b"")
     assert list(expand_shards(iter([{"url": str(empty)}]))) == []
+
+
+def test_a_filesystem_that_cannot_map_files_is_read_normally(tmp_path, monkeypatch):
+    import errno
+    import mmap
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    big = bytes(range(256)) * 400
+    path = tmp_path / "m.tar"
+    path.write_bytes(make_tar([("00000000.png", big), ("00000000.cls", b"7")]))
+    samples = list(expand_shards(iter([{"url": str(path)}])))
+    assert samples[0]["png"] == big and isinstance(samples[0]["png"], bytes)
+    with pytest.raises(FileNotFoundError):              # a missing shard is not "unmappable"
+        list(expand_shards(iter([{"url": str(tmp_path / "missing.tar")}])))
