@@ -2,15 +2,15 @@
 shared-memory slots.
 
 Why not torch's DataLoader: it sends every batch through freshly allocated shared memory (a new
-shm file per batch, written page by page in the worker and mapped again in the trainer). For
-decoded images that allocation costs about as much as a quarter of the decode itself; measured on
-a 2-core x86_64 CPU (2026-11-22, benchmarks/data_loader.py) the DataLoader path reached 72-75%
-of the raw decode rate per CPU-second at 256 and 1024 px, against 89% in-process. Here each
-worker owns `slots` fixed batch buffers in shared memory, allocated once: it decodes straight
-into a free slot (mirroring and colour conversion on the way), sends a small message
-(slot, count, labels, indices) over its pipe, and the training process copies the images out
-(into pinned memory when asked, which the DataLoader's pin thread would copy anyway) and hands
-the slot back. The copy-out means a batch the caller keeps is never overwritten.
+shm file per batch, written page by page in the worker and mapped again in the trainer). On a
+2-core x86_64 CPU (2026-11-22, benchmarks/data_loader.py, 2 workers) that path reached 72-76%
+of the raw decode rate per CPU-second at 256 and 1024 px; this one, with memory-mapped shards
+(tar_reader.py), 91-93%. Here each worker owns `slots` fixed batch buffers in shared memory,
+allocated once: it decodes straight into a free slot (mirroring and colour conversion on the
+way), sends a small message (slot, count, labels, indices) over its pipe, and the training
+process copies the images out (into pinned memory when asked, which the DataLoader's pin thread
+would copy anyway) and hands the slot back. The copy-out means a batch the caller keeps is
+never overwritten.
 
 Order: batches are taken from the workers in turn (worker 0, 1, ..., 0, ...), skipping workers
 whose producer has ended, exactly as the DataLoader does for an iterable dataset, so a stream
@@ -205,7 +205,7 @@ class WorkerPool:
                 if not proc.is_alive():
                     break
             return conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError, pickle.UnpicklingError):    # gone, maybe mid-message
             pass
         proc.join(_GRACE_S)
         raise DatasetError(f"data loader worker {w} of {len(self.procs)} died "
