@@ -31,7 +31,7 @@ from .dataset_info import IMAGE_EXTS, DatasetError, DatasetInfo
 from .decode import DecodedBatch, decode_native
 from .seeds import derive_seed
 from .tar_reader import expand_shards
-from .worker_pool import batch_stream
+from .worker_pool import batch_stream, without_indices
 
 
 @dataclass
@@ -163,10 +163,6 @@ class TrainBatches:
         return iter(wds.DataPipeline(*stages))
 
 
-def _drop_index(stream: Iterator) -> Iterator:
-    for images, labels, _ in stream:
-        yield images, labels
-
 
 def shard_train_stream(info: DatasetInfo, res: int, *, batch_per_gpu: int, seed: int, rank: int,
                        start_nimg: int, img_channels: Optional[int], mirror: bool,
@@ -177,8 +173,8 @@ def shard_train_stream(info: DatasetInfo, res: int, *, batch_per_gpu: int, seed:
     producer = TrainBatches(tuple(info.shard_urls(res)), res, channels,
                             IMAGE_EXTS[info.image_formats[res]], batch_per_gpu, seed, rank,
                             start_nimg, shuffle_buffer, mirror, info.num_classes > 0)
-    return _drop_index(batch_stream(producer, num_workers, batch_per_gpu,
-                                    (res, res, channels), pin_memory=pin_memory))
+    return without_indices(batch_stream(producer, num_workers, batch_per_gpu,
+                                        (res, res, channels), pin_memory=pin_memory))
 
 
 @dataclass(frozen=True)
@@ -253,4 +249,4 @@ def shard_epoch_stream(info: DatasetInfo, res: int, *, batch_size: int, rank: in
     producer = EpochBatches(urls, res, channels, IMAGE_EXTS[info.image_formats[res]],
                             batch_size, rank, world_size, limit, info.num_classes > 0)
     stream = batch_stream(producer, num_workers, batch_size, (res, res, channels))
-    return stream if with_index else _drop_index(stream)
+    return stream if with_index else without_indices(stream)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .synthetic import hash_uniform, synthetic_images
-from .worker_pool import batch_stream
+from .worker_pool import batch_stream, without_indices
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -82,10 +82,6 @@ class SyntheticSteps:
             k += num_workers
 
 
-def _drop_index(stream: Iterator) -> Iterator[Batch]:
-    for images, labels, _ in stream:
-        yield images, labels
-
 
 def synthetic_train_stream(res: int, *, batch_per_gpu: int, seed: int, rank: int,
                            world_size: int, start_nimg: int, img_channels: int, mirror: bool,
@@ -94,8 +90,8 @@ def synthetic_train_stream(res: int, *, batch_per_gpu: int, seed: int, rank: int
     rendered in `num_workers` worker processes (0: in this process)."""
     steps = SyntheticSteps(res, batch_per_gpu, seed, rank, world_size, start_nimg,
                            img_channels, mirror)
-    return _drop_index(batch_stream(steps, num_workers, batch_per_gpu,
-                                    (res, res, img_channels), pin_memory=pin_memory))
+    return without_indices(batch_stream(steps, num_workers, batch_per_gpu,
+                                        (res, res, img_channels), pin_memory=pin_memory))
 
 
 def synthetic_epoch_stream(res: int, *, num_images: int, batch_size: int, seed: int, rank: int,

@@ -249,6 +249,13 @@ class WorkerPool:
         self._finalizer()
 
 
+def without_indices(stream: Iterator[Batch]) -> Iterator[Tuple[torch.Tensor,
+                                                                Optional[torch.Tensor]]]:
+    """(images, labels, indices) batches -> (images, labels)."""
+    for images, labels, _ in stream:
+        yield images, labels
+
+
 def batch_stream(producer: Producer, num_workers: int, batch: int, hwc: Tuple[int, int, int],
                  *, pin_memory: bool = False, slots: int = 3) -> Iterator[Batch]:
     """`producer`'s batches from `num_workers` worker processes (0: in this process)."""
