@@ -32,6 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import cpu_model, markdown_table, write_atomic  # noqa: E402
 from data_prep.prepare import PrepOptions, prepare  # noqa: E402
 from pggan.config import DataConfig  # noqa: E402
 from pggan.data import load_dataset_info, make_train_stream  # noqa: E402
@@ -150,15 +151,7 @@ def batch_for(res: int) -> int:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu}), no GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu_model()}), no GPU"
 
 
 def write_section(path: Path, text: str) -> None:
@@ -173,9 +166,7 @@ def write_section(path: Path, text: str) -> None:
                    len(lines))
         new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines)
                                                else "")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write_atomic(path, new)
 
 
 def main() -> None:
@@ -242,13 +233,13 @@ def main() -> None:
                        f"CPU-second: lowest {2 * cap[2]:,.0f} img/s at {cap[0]} px.")
     load = os.getloadavg()
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
-    table = ["| res (px) | PNG KiB/img | raw decode img/s (1 process) | raw img per CPU-s | "
-             "loader workers | loader img/s | loader img per CPU-s (all processes) | "
-             "loader / raw per CPU-s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for res, kb, raw, raw_cpu, w, rate, rate_cpu in rows:
-        table.append(f"| {res} | {kb:.1f} | {raw:,.0f} | {raw_cpu:,.0f} | {w} | {rate:,.0f} | "
-                     f"{rate_cpu:,.0f} | {100 * rate_cpu / raw_cpu:.0f}% |")
+    table = markdown_table(
+        ["res (px)", "PNG KiB/img", "raw decode img/s (1 process)", "raw img per CPU-s",
+         "loader workers", "loader img/s", "loader img per CPU-s (all processes)",
+         "loader / raw per CPU-s"],
+        ([str(res), f"{kb:.1f}", f"{raw:,.0f}", f"{raw_cpu:,.0f}", str(w), f"{rate:,.0f}",
+          f"{rate_cpu:,.0f}", f"{100 * rate_cpu / raw_cpu:.0f}%"]
+         for res, kb, raw, raw_cpu, w, rate, rate_cpu in rows))
     text = "\n".join([
         SECTION, "",
         f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
@@ -261,7 +252,7 @@ def main() -> None:
         f"{args.seconds:g} s runs. Data: generated photo-like PNGs (smooth colour fields + "
         f"Gaussian noise, sigma 8) through data_prep, {args.small_images} images for 4..64 px, "
         f"{args.large_images} for 128..1024 px.", "",
-        *table, "", *verdict, NOTES]) + "\n"
+        table, "", *verdict, NOTES]) + "\n"
     print(text)
     if args.results:
         write_section(Path(args.results), text)

@@ -24,11 +24,9 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import markdown_table, write_atomic  # noqa: E402
 from pggan.ops._dispatch import interpreter_enabled, triton_available  # noqa: E402
 from pggan.ops.bias_act import bias_act, bias_act_ref  # noqa: E402
 from pggan.ops.demod import demod_coefficients, demod_coefficients_ref  # noqa: E402
@@ -254,30 +253,21 @@ def train_step_case(res: int, batch: int, impl: str, device: str, smoke: bool):
 
 
 def op_table(rows) -> str:
-    lines = ["| op | shape | dtype | impl | fwd ms | fwd GB/s | fwd % copy | fwd+bwd ms | "
-             "fwd+bwd GB/s | fwd+bwd % copy |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
-                     f"{r['fwd_ms']:.3f} | {r['fwd_gbs']:.1f} | {r['fwd_pct']:.0f}% | "
-                     f"{r['fwdbwd_ms']:.3f} | {r['fwdbwd_gbs']:.1f} | {r['fwdbwd_pct']:.0f}% |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["op", "shape", "dtype", "impl", "fwd ms", "fwd GB/s", "fwd % copy", "fwd+bwd ms",
+         "fwd+bwd GB/s", "fwd+bwd % copy"],
+        ([r["op"], r["shape"], r["dtype"], r["impl"], f"{r['fwd_ms']:.3f}",
+          f"{r['fwd_gbs']:.1f}", f"{r['fwd_pct']:.0f}%", f"{r['fwdbwd_ms']:.3f}",
+          f"{r['fwdbwd_gbs']:.1f}", f"{r['fwdbwd_pct']:.0f}%"] for r in rows),
+        left={"op", "shape", "dtype", "impl"})
 
 
 def step_table(rows) -> str:
-    lines = ["| res | batch/GPU | impl | ms per D+G step | img/s | peak MiB | speed-up vs ref |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['res']} | {r['batch']} | {r['impl']} | {r['ms']:.1f} | "
-                     f"{r['img_s']:.1f} | {r['peak_mib']:.0f} | {r['speedup']:.2f}x |")
-    return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return markdown_table(
+        ["res", "batch/GPU", "impl", "ms per D+G step", "img/s", "peak MiB", "speed-up vs ref"],
+        ([str(r["res"]), str(r["batch"]), r["impl"], f"{r['ms']:.1f}", f"{r['img_s']:.1f}",
+          f"{r['peak_mib']:.0f}", f"{r['speedup']:.2f}x"] for r in rows),
+        left={"impl"})
 
 
 def parse_args(argv=None):

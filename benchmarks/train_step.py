@@ -45,7 +45,6 @@ import gc
 import itertools
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -60,6 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.flops import count_executed_flops, phase_cycle, step_flops  # noqa: E402
+from benchmarks.report import cpu_model, markdown_table, write_atomic  # noqa: E402
 from pggan.config import Config, ConfigError, apply_override, load_preset, validate  # noqa: E402
 from pggan.nets.features import resolutions  # noqa: E402
 from pggan.ops._dispatch import interpreter_enabled, triton_available  # noqa: E402
@@ -104,15 +104,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
 
 
 def machine_name(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    host = f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    host = f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (host: {host})"
     return f"{host}, no GPU used"
@@ -278,20 +270,16 @@ def _fmt(x, spec: str) -> str:
 
 
 def main_table(rows: List[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---:" if c not in ("point", "impl", "precision", "layout", "batch")
-                            else "---" for c in COLUMNS) + "|"]
-    for r in rows:
-        cells = [str(r["res"]), r["point"], f"{r['alpha']:g}", r["batch"], r["impl"],
-                 r["precision"], r["layout"], _fmt(r["ms_per_step"], ".1f"),
-                 _fmt(r["spread_pct"], ".0f"),
-                 _fmt(r["img_per_s"], ".1f"), _fmt(r["sec_per_kimg"], ".2f"),
-                 _fmt(r["peak_mib"], ".0f"), _fmt(r["gflop_per_img"], ".4g"),
-                 _fmt(r["tflops"], ".3g"), _fmt(r["pct_bf16_mm"], ".1f"),
-                 _fmt(r["pct_fp32_mm"], ".1f"), _fmt(r["executed_ratio"], ".3f"),
-                 _fmt(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] is not None else "")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, (
+        [str(r["res"]), r["point"], f"{r['alpha']:g}", r["batch"], r["impl"],
+         r["precision"], r["layout"], _fmt(r["ms_per_step"], ".1f"),
+         _fmt(r["spread_pct"], ".0f"),
+         _fmt(r["img_per_s"], ".1f"), _fmt(r["sec_per_kimg"], ".2f"),
+         _fmt(r["peak_mib"], ".0f"), _fmt(r["gflop_per_img"], ".4g"),
+         _fmt(r["tflops"], ".3g"), _fmt(r["pct_bf16_mm"], ".1f"),
+         _fmt(r["pct_fp32_mm"], ".1f"), _fmt(r["executed_ratio"], ".3f"),
+         _fmt(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] is not None else "")]
+        for r in rows), left={"point", "impl", "precision", "layout", "batch"})
 
 
 def summary_rows(rows: List[dict], baseline: Variant, defaults: List[Variant]) -> List[dict]:
@@ -313,26 +301,12 @@ def summary_rows(rows: List[dict], baseline: Variant, defaults: List[Variant]) -
 
 
 def summary_table(rows: List[dict]) -> str:
-    lines = ["| res | point | baseline img/s (ref, fp32, nchw) | default configuration | "
-             "default img/s | speedup | default % bf16 mm |",
-             "|---:|---|---:|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['res']} | {r['point']} | {r['baseline_img_s']:.1f} | {r['default']} | "
-                     f"{r['default_img_s']:.1f} | {r['speedup']:.2f}x | "
-                     f"{r['default_pct_bf16']:.1f} |")
-    return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return markdown_table(
+        ["res", "point", "baseline img/s (ref, fp32, nchw)", "default configuration",
+         "default img/s", "speedup", "default % bf16 mm"],
+        ([str(r["res"]), r["point"], f"{r['baseline_img_s']:.1f}", r["default"],
+          f"{r['default_img_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['default_pct_bf16']:.1f}"]
+         for r in rows), left={"point", "default configuration"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,15 +100,19 @@ def _with_labels(listing: List[Tuple[str, int, Optional[Tuple[str, str]]]],
 # Folder, zip, tar.
 
 
-class FolderSource(Source):
-    kind = "folder"
+class PathSource(Source):
+    """A source read from one path (folder, zip or tar), with optional labels."""
 
-    def __init__(self, root: Path, labels: Optional[LabelTable]):
-        self.root, self.labels = root, labels
+    def __init__(self, path: Path, labels: Optional[LabelTable]):
+        self.path, self.labels = path, labels
 
     def description(self) -> dict:
-        return {"kind": self.kind, "path": str(self.root),
+        return {"kind": self.kind, "path": str(self.path),
                 "labels": self.labels.spec if self.labels else None}
+
+
+class FolderSource(PathSource):
+    kind = "folder"
 
     def entries(self) -> List[Entry]:
         out = []
@@ -116,14 +120,14 @@ class FolderSource(Source):
             else None
 
         def onerror(e: OSError):
-            raise PrepError(f"--source {self.root}: cannot read folder {e.filename} "
+            raise PrepError(f"--source {self.path}: cannot read folder {e.filename} "
                             f"({e.strerror}); fix its permissions") from None
 
-        for dirpath, dirnames, filenames in os.walk(self.root, onerror=onerror):
+        for dirpath, dirnames, filenames in os.walk(self.path, onerror=onerror):
             dirnames.sort()
             for fn in sorted(filenames):
                 path = Path(dirpath) / fn
-                rel = path.relative_to(self.root).as_posix()
+                rel = path.relative_to(self.path).as_posix()
                 if _ignored(rel) or (skip_file is not None and path.resolve() == skip_file):
                     continue
                 try:
@@ -141,18 +145,11 @@ class FolderSource(Source):
     def work_items(self, entries, start):
         for i in range(start, len(entries)):
             e = entries[i]
-            yield i, None if e.skip else ("file", str(self.root / e.name))
+            yield i, None if e.skip else ("file", str(self.path / e.name))
 
 
-class ZipSource(Source):
+class ZipSource(PathSource):
     kind = "zip"
-
-    def __init__(self, path: Path, labels: Optional[LabelTable]):
-        self.path, self.labels = path, labels
-
-    def description(self) -> dict:
-        return {"kind": self.kind, "path": str(self.path),
-                "labels": self.labels.spec if self.labels else None}
 
     def entries(self) -> List[Entry]:
         try:
@@ -172,15 +169,8 @@ class ZipSource(Source):
             yield i, None if e.skip else ("zip", str(self.path), e.name)
 
 
-class TarSource(Source):
+class TarSource(PathSource):
     kind = "tar"
-
-    def __init__(self, path: Path, labels: Optional[LabelTable]):
-        self.path, self.labels = path, labels
-
-    def description(self) -> dict:
-        return {"kind": self.kind, "path": str(self.path),
-                "labels": self.labels.spec if self.labels else None}
 
     def _members(self) -> Iterator[Tuple[tarfile.TarFile, tarfile.TarInfo]]:
         try:

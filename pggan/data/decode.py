@@ -55,27 +55,18 @@ def decode_native(data: bytes, channels: int) -> np.ndarray:
 
 def store_rgb(native: np.ndarray, out: np.ndarray, mirror: bool = False) -> None:
     """Write decode_native's [H, W, C] into `out` ([H, W, C] view) as RGB, left-right mirrored
-    if asked: one pass over the pixels (OpenCV's SIMD colour conversion or flip)."""
+    if asked: one pass over the pixels (OpenCV's SIMD flip / colour conversion)."""
     cv2 = _cv2()
     if cv2 is None:
         np.copyto(out, native[:, ::-1] if mirror else native)
         return
-    h, w, c = native.shape
-    if not mirror:
-        if c == 3:
-            cv2.cvtColor(native, cv2.COLOR_BGR2RGB, dst=out)
-        else:
-            np.copyto(out, native)
-    elif out.flags.c_contiguous and native.flags.c_contiguous:
-        # Reversing the bytes of a BGR row reverses the pixel order and turns each BGR pixel
-        # into RGB: mirror and colour conversion in one flip of the [H, W * C] byte rows.
-        cv2.flip(native.reshape(h, w * c), 1, dst=out.reshape(h, w * c))
+    src = cv2.flip(native, 1) if mirror else native
+    if src.ndim == 2:
+        src = src[:, :, None]
+    if native.shape[2] == 3:
+        cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=out)
     else:
-        flipped = cv2.flip(native, 1).reshape(h, w, c)
-        if c == 3:
-            cv2.cvtColor(flipped, cv2.COLOR_BGR2RGB, dst=out)
-        else:
-            np.copyto(out, flipped)
+        np.copyto(out, src)
 
 
 def decode_image(data: bytes, channels: int) -> np.ndarray:
@@ -89,7 +80,7 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
 @dataclass
 class DecodedBatch:
     """A batch of decode_native arrays waiting to be written into its buffer (a worker's
-    shared-memory slot or a fresh tensor): one pass per image converts to RGB and mirrors."""
+    shared-memory slot or a fresh tensor), converted to RGB and mirrored on the way."""
     images: List[np.ndarray]            # [H, W, C] each, decoder channel order
     flips: List[bool]                   # mirror left-right
     labels: Optional[List[int]]

@@ -122,43 +122,57 @@ class CollateBatch:
                             [s[2] for s in samples] if self.with_index else None)
 
 
-def _check_channels(info: DatasetInfo, img_channels: Optional[int]) -> int:
-    if img_channels is None:
-        return info.channels
-    if img_channels != info.channels:
-        raise DatasetError(f"{info.root}: the dataset has {info.channels} channel(s) but the "
-                           f"model expects {img_channels}; set --set model.img_channels="
-                           f"{info.channels} or prepare the data with --channels {img_channels}")
-    return img_channels
+@dataclass(frozen=True)
+class ShardSet:
+    """What both pipelines read: one resolution's shard URLs and how to decode their images."""
+    urls: Tuple[str, ...]
+    res: int
+    channels: int
+    ext: str                # png | jpg | webp
+    labelled: bool
+
+    @classmethod
+    def of(cls, info: DatasetInfo, res: int, img_channels: Optional[int],
+           num_shards: Optional[int] = None) -> "ShardSet":
+        """The first `num_shards` (all by default) shards of `res`; the model's channel count
+        must match the dataset's (None: take the dataset's)."""
+        info.check_resolution(res)
+        if img_channels is not None and img_channels != info.channels:
+            raise DatasetError(f"{info.root}: the dataset has {info.channels} channel(s) but "
+                               f"the model expects {img_channels}; set --set model.img_channels="
+                               f"{info.channels} or prepare the data with --channels "
+                               f"{img_channels}")
+        urls = info.shard_urls(res)
+        return cls(tuple(urls if num_shards is None else urls[:num_shards]), res,
+                   info.channels, IMAGE_EXTS[info.image_formats[res]], info.num_classes > 0)
+
+    def decode(self):
+        return wds.map(DecodeSample(self.res, self.channels, self.ext))
 
 
 @dataclass(frozen=True)
 class TrainBatches:
     """Producer of the resampled training pipeline for worker `worker` of `num_workers`."""
-    urls: Tuple[str, ...]
-    res: int
-    channels: int
-    ext: str
+    shards: ShardSet
     batch: int
     seed: int
     rank: int
     start_nimg: int
     shuffle_buffer: int
     mirror: bool
-    labelled: bool
 
     def __call__(self, worker: int, num_workers: int):
         def seed(purpose: str) -> int:
             return derive_seed(self.seed, self.rank, worker, self.start_nimg, purpose)
         shard_seed = seed("shards")
-        stages = [wds.ResampledShards(list(self.urls), worker_seed=lambda: shard_seed,
+        stages = [wds.ResampledShards(list(self.shards.urls), worker_seed=lambda: shard_seed,
                                       deterministic=True),
                   ExpandShards(ErrorBudget(limit=10))]
         if self.shuffle_buffer > 1:
             stages.append(SeededShuffle(self.shuffle_buffer, seed("shuffle")))
-        stages.append(wds.map(DecodeSample(self.res, self.channels, self.ext)))
+        stages.append(self.shards.decode())
         stages.append(SeededMirror(seed("mirror") if self.mirror else None))
-        stages.append(wds.batched(self.batch, collation_fn=CollateBatch(self.labelled),
+        stages.append(wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled),
                                   partial=False))
         return iter(wds.DataPipeline(*stages))
 
@@ -169,12 +183,10 @@ def shard_train_stream(info: DatasetInfo, res: int, *, batch_per_gpu: int, seed:
                        shuffle_buffer: int, num_workers: int,
                        pin_memory: bool = False) -> Iterator:
     """Infinite iterator of (uint8 [B, C, res, res] channels_last, int64 [B] or None)."""
-    channels = _check_channels(info, img_channels)
-    producer = TrainBatches(tuple(info.shard_urls(res)), res, channels,
-                            IMAGE_EXTS[info.image_formats[res]], batch_per_gpu, seed, rank,
-                            start_nimg, shuffle_buffer, mirror, info.num_classes > 0)
+    shards = ShardSet.of(info, res, img_channels)
+    producer = TrainBatches(shards, batch_per_gpu, seed, rank, start_nimg, shuffle_buffer, mirror)
     return without_indices(batch_stream(producer, num_workers, batch_per_gpu,
-                                        (res, res, channels), pin_memory=pin_memory))
+                                        (res, res, shards.channels), pin_memory=pin_memory))
 
 
 @dataclass(frozen=True)
@@ -211,26 +223,22 @@ class EpochSelect:
 @dataclass(frozen=True)
 class EpochBatches:
     """Producer of the epoch pipeline for worker `worker` of `num_workers` on rank `rank`."""
-    urls: Tuple[str, ...]
-    res: int
-    channels: int
-    ext: str
+    shards: ShardSet
     batch: int
     rank: int
     world_size: int
     num_images: int
-    labelled: bool
 
     def __call__(self, worker: int, num_workers: int):
         slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
-        split_by_shard = len(self.urls) >= slots
+        split_by_shard = len(self.shards.urls) >= slots
         return iter(wds.DataPipeline(
-            EpochShards(self.urls, slot, slots, split_by_shard),
+            EpochShards(self.shards.urls, slot, slots, split_by_shard),
             ExpandShards(ErrorBudget(limit=0)),
             EpochSelect(slot, slots, self.num_images, split_by_shard),
-            wds.map(DecodeSample(self.res, self.channels, self.ext)),
+            self.shards.decode(),
             SeededMirror(None),
-            wds.batched(self.batch, collation_fn=CollateBatch(self.labelled, True),
+            wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled, True),
                         partial=True),
         ))
 
@@ -241,12 +249,10 @@ def shard_epoch_stream(info: DatasetInfo, res: int, *, batch_size: int, rank: in
     """Finite iterator of (uint8 [<=B, C, res, res], int64 [<=B] or None): the first
     `num_images` images (all by default), each exactly once over ranks x workers, unmirrored.
     with_index=True adds a third element, the int64 [<=B] global indices."""
-    channels = _check_channels(info, img_channels)
     limit = info.num_images if num_images is None else min(num_images, info.num_images)
     info.check_resolution(res)
-    needed = [s for s in info.shards[res] if s.first_index < limit]
-    urls = tuple(info.shard_urls(res)[: len(needed)])
-    producer = EpochBatches(urls, res, channels, IMAGE_EXTS[info.image_formats[res]],
-                            batch_size, rank, world_size, limit, info.num_classes > 0)
-    stream = batch_stream(producer, num_workers, batch_size, (res, res, channels))
+    needed = sum(1 for s in info.shards[res] if s.first_index < limit)
+    shards = ShardSet.of(info, res, img_channels, num_shards=needed)
+    producer = EpochBatches(shards, batch_size, rank, world_size, limit)
+    stream = batch_stream(producer, num_workers, batch_size, (res, res, shards.channels))
     return stream if with_index else without_indices(stream)

@@ -10,8 +10,9 @@ headers, directories and links are passed over. Header checksums are verified.
 
 Local shards are memory-mapped instead of read: members of at least 64 KiB come out as
 read-only memoryviews of the mapped file (no copy; the decoder reads the page cache directly),
-smaller ones as bytes. At 1024 px a 2 MB PNG cost 1.3 ms to read() into a fresh bytes object
-(2-core x86_64 VM, 2026-11-22), 8% of its decode time; and a shuffle buffer of mapped samples
+smaller ones as bytes. At 1024 px reading a 2 MB PNG into a fresh bytes object cost 1.4-1.7 ms
+per sample against 0.03 ms mapped, 7-9% of its decode time (benchmarks/data_stages.py
+--shuffle-buffer 1, 2-core x86_64 VM, 2026-11-22); and a shuffle buffer of mapped samples
 holds page-cache pages the kernel can share and evict, not gigabytes of private copies
 (1000 samples of 2 MB per worker). Data_prep replaces shards by rename, never in place, so a
 mapped shard is not truncated under the reader.

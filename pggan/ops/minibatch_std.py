@@ -64,14 +64,19 @@ def minibatch_std_ref(x: torch.Tensor, group_size: int = 4, num_channels: int = 
 
 
 @jit
-def _group_tile(m, f, k, G, CF, HW, G_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _program_tile(F, G, CF, HW, G_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """(k, mf, n, c, p, mask) of this program's [G_PAD, BLOCK] tile (see the grid above)."""
+    k = tl.program_id(0)
+    mf = tl.program_id(1)
+    m = mf // F
+    f = mf % F
     g = tl.arange(0, G_PAD)[:, None]                                     # [G_PAD, 1]
     j = k.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)[None, :]            # [1, BLOCK]
     n = (m * G + g).to(tl.int64)
     c = f * CF + j // HW
     p = j % HW
     mask = (g < G) & (j < CF * HW)
-    return n, c, p, mask
+    return k, mf, n, c, p, mask
 
 
 @jit
@@ -87,11 +92,7 @@ def _group_stats(x, mask, G, eps):
 def _mbstd_fwd_kernel(x_ptr, out_ptr, part_ptr, G, F, CF, HW, eps,
                       xs_n, xs_c, xs_p, os_n, os_c, os_p,
                       ACC: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    k = tl.program_id(0)
-    mf = tl.program_id(1)
-    m = mf // F
-    f = mf % F
-    n, c, p, mask = _group_tile(m, f, k, G, CF, HW, G_PAD, BLOCK)
+    k, mf, n, c, p, mask = _program_tile(F, G, CF, HW, G_PAD, BLOCK)
     x = tl.load(x_ptr + n * xs_n + c * xs_c + p * xs_p, mask=mask, other=0.0)
     tl.store(out_ptr + n * os_n + c * os_c + p * os_p, x, mask=mask)   # out[:, :C] = x
     _, std = _group_stats(x.to(ACC), mask, G, eps)
@@ -105,11 +106,7 @@ def _mbstd_bwd_kernel(x_ptr, dout_ptr, coef_ptr, dx_ptr, G, F, CF, HW, eps,
                       xs_n, xs_c, xs_p, ds_n, ds_c, ds_p,
                       ACC: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr):
     # dx = dout[:, :C] + coef[m, f] * (x - mean_g) / std_g, coef = ds / (K G).
-    k = tl.program_id(0)
-    mf = tl.program_id(1)
-    m = mf // F
-    f = mf % F
-    n, c, p, mask = _group_tile(m, f, k, G, CF, HW, G_PAD, BLOCK)
+    k, mf, n, c, p, mask = _program_tile(F, G, CF, HW, G_PAD, BLOCK)
     x_off = n * xs_n + c * xs_c + p * xs_p
     x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(ACC)
     d, std = _group_stats(x, mask, G, eps)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kornia.filters import gaussian_blur2d
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -82,3 +83,15 @@ class PooledFeatures(torch.nn.Module):
 def write_pooled_features(path) -> str:
     torch.jit.save(torch.jit.script(PooledFeatures()), str(path))
     return str(path)
+
+
+def quality_ladder(n: int):
+    """uint8 [n, 1, 32, 32] image sets from close to far from `n` Fashion-MNIST training images:
+    (real, held-out test images, the real ones Gaussian-blurred (sigma 1), uniform noise)."""
+    real = fashion_mnist("train", n)
+    held_out = fashion_mnist("t10k", n)
+    blurred = gaussian_blur2d(real.float(), (7, 7), (1.0, 1.0)).round().clamp(0, 255).to(
+        torch.uint8)
+    noise = torch.randint(0, 256, real.shape, dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1))
+    return real, held_out, blurred, noise

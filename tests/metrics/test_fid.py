@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from kornia.filters import gaussian_blur2d
 
 from pggan.metrics.fid import (FEATURE_DIM, InceptionFeatures, WeightsError, cache_path,
                                feature_stats, fid_from_features, find_inception_weights,
                                frechet_distance, kid_from_features, load_cached_features,
                                mmd2_unbiased, resize_tf_bilinear, save_cached_features)
 
-from .helpers import fashion_mnist, inception_weights
+from .helpers import inception_weights, quality_ladder
 
 
 def random_orthogonal(d, seed):
@@ -184,12 +183,7 @@ def test_feature_cache_round_trip(tmp_path):
 def test_fashion_mnist_fid_kid_ordering():
     inc = InceptionFeatures(inception_weights(), "cpu", batch_size=32)
     n = 32
-    real = fashion_mnist("train", n)
-    held_out = fashion_mnist("t10k", n)
-    blurred = gaussian_blur2d(real.float(), (7, 7), (1.0, 1.0)).round().clamp(0, 255).to(
-        torch.uint8)
-    noise = torch.randint(0, 256, real.shape, dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(1))
+    real, held_out, blurred, noise = quality_ladder(n)
     f_real = inc(real)
     f_held, f_blur, f_noise = inc(held_out), inc(blurred), inc(noise)
     fid = [fid_from_features(f_real, f) for f in (f_held, f_blur, f_noise)]

@@ -10,7 +10,7 @@ from pggan.metrics.swd import (NHOODS_PER_IMAGE, SWDAccumulator, binomial_kernel
                                image_descriptors, laplacian_pyramid, level_resolutions,
                                neighbourhood_positions, pyr_up, pyramid_input, swd_directions)
 
-from .helpers import fashion_mnist
+from .helpers import quality_ladder
 
 
 def checkerboard(size: int) -> torch.Tensor:
@@ -152,12 +152,7 @@ def test_unequal_sets_are_refused():
 
 def test_fashion_mnist_held_out_blurred_noise_ordering():
     n = 256
-    real = fashion_mnist("train", n)
-    held_out = fashion_mnist("t10k", n)
-    blurred = gaussian_blur2d(real.float(), (7, 7), (1.0, 1.0)).round().clamp(0, 255).to(
-        torch.uint8)
-    noise = torch.randint(0, 256, real.shape, dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(1))
+    real, held_out, blurred, noise = quality_ladder(n)
     s_held, s_blur, s_noise = (swd_of(real, x) for x in (held_out, blurred, noise))
     # Measured (n = 256): 20.6 < 60.3 < 217.5 on average; 15.3 < 101.5 < 189.1 at 32 px.
     assert s_held["value"] < s_blur["value"] < s_noise["value"]

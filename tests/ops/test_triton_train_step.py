@@ -73,24 +73,26 @@ def test_triton_is_really_used():
     assert {"_BiasActBackward", "_PixelNormBackward", "_FadeInBackward"} <= names, names
 
 
+def assert_grads_close(got: dict, want: dict, net: str) -> None:
+    """Same parameter names (more than 10) and gradients within 1e-5 abs / 1e-4 rel."""
+    assert got.keys() == want.keys() and len(want) > 10
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m: f"{net} grad {name}: {m}")
+
+
 def test_d_step_with_gradient_penalty_matches(steps):
     (d_loss_t, pen_t, _, d_grads_t, _), (d_loss_r, pen_r, _, d_grads_r, _) = steps
     assert pen_r > 0.1                                             # the penalty is not trivially 0
     torch.testing.assert_close(d_loss_t, d_loss_r, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pen_t, pen_r, atol=1e-5, rtol=1e-5)
-    assert d_grads_t.keys() == d_grads_r.keys() and len(d_grads_r) > 10
-    for name in d_grads_r:
-        torch.testing.assert_close(d_grads_t[name], d_grads_r[name], atol=1e-5, rtol=1e-4,
-                                   msg=lambda m: f"D grad {name}: {m}")
+    assert_grads_close(d_grads_t, d_grads_r, "D")
 
 
 def test_g_step_matches(steps):
     (_, _, g_loss_t, _, g_grads_t), (_, _, g_loss_r, _, g_grads_r) = steps
     torch.testing.assert_close(g_loss_t, g_loss_r, atol=1e-6, rtol=1e-5)
-    assert g_grads_t.keys() == g_grads_r.keys() and len(g_grads_r) > 10
-    for name in g_grads_r:
-        torch.testing.assert_close(g_grads_t[name], g_grads_r[name], atol=1e-5, rtol=1e-4,
-                                   msg=lambda m: f"G grad {name}: {m}")
+    assert_grads_close(g_grads_t, g_grads_r, "G")
 
 
 def test_gradient_penalty_depends_on_the_double_backward(steps):
