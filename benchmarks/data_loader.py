@@ -43,8 +43,8 @@ NOTES = """
 Notes:
 - `loader workers 0` runs the same pipeline inside the training process; 1 and 2 are loader
   worker processes (pggan/data/worker_pool.py), which decode into shared-memory batch slots
-  allocated once and reused; the training process copies each batch out (0.3 ms per 6 MB
-  batch) and hands the slot back. Local shards are memory-mapped, so a sample's bytes are not
+  allocated once and reused; the training process copies each batch out and hands the slot
+  back. Local shards are memory-mapped, so a sample's bytes are not
   copied before decoding.
 - The per-core comparison counts the CPU time of every process of the loader (the training
   process included), so the cost of handing batches between processes is in it.

@@ -5,7 +5,7 @@ Why not torch's DataLoader: it sends every batch through freshly allocated share
 shm file per batch, written page by page in the worker and mapped again in the trainer). On a
 2-core x86_64 CPU (2026-11-22, benchmarks/data_loader.py, 2 workers) that path reached 72-76%
 of the raw decode rate per CPU-second at 256 and 1024 px; this one, with memory-mapped shards
-(tar_reader.py), 91-93%. Here each worker owns `slots` fixed batch buffers in shared memory,
+(tar_reader.py), 91% (best of 5 runs; see benchmarks/RESULTS.md). Here each worker owns `slots` fixed batch buffers in shared memory,
 allocated once: it decodes straight into a free slot (mirroring and colour conversion on the
 way), sends a small message (slot, count, labels, indices) over its pipe, and the training
 process copies the images out (into pinned memory when asked, which the DataLoader's pin thread
