@@ -47,6 +47,9 @@ class ModelConfig:
     num_classes: int = 0                # >0: class-conditional G and D
     cond_d: str = "projection"          # projection | acgan  (how D uses the label)
     impl: str = "auto"                  # fused-op implementation: auto | ref | triton
+    fused_scale: str = "auto"           # resampling folded into strided convs (PGGAN
+                                        # fused_scale): auto (blocks >= FUSED_SCALE_AUTO_RES
+                                        # px, pggan/nets/layers.py) | always | never
     # StyleGAN-style generator (arch: stylegan).
     w_dim: int = 512
     mapping_layers: int = 8
@@ -91,6 +94,8 @@ class LossConfig:
     r1_gamma: float = 10.0
     r1_interval: int = 16               # lazy regularisation: R1 every N D steps (0: every step)
     acgan_weight: float = 1.0           # weight of the class loss when cond_d is acgan
+    penalty_precision: str = "fp32"     # GP / R1 passes: fp32 | bf16 (autocast; the squared
+                                        # norm stays fp32). fp32 until measured on a GPU
 
 
 @dataclass
@@ -137,7 +142,7 @@ class TrainConfig:
     mixed_precision: str = "auto"       # auto (bf16 on GPU, fp32 on CPU) | no | bf16
     engine: str = "ddp"                 # ddp | deepspeed
     zero_stage: int = 1                 # DeepSpeed ZeRO stage (1 or 2)
-    channels_last: bool = False
+    channels_last: Optional[bool] = None    # NHWC networks and reals; null: on CUDA only
     tick_kimg: float = 4.0              # progress line / tensorboard interval
     snapshot_kimg: float = 200.0        # network snapshot + training state interval
     keep_last: int = 3                  # training states kept besides stage boundaries
@@ -308,6 +313,8 @@ def validate(cfg: Config) -> Config:
     _choice(m.cond_d, ("projection", "acgan"), "model.cond_d")
     _choice(m.impl, ("auto", "ref", "triton"), "model.impl")
     _choice(m.modulation, ("demod", "adain"), "model.modulation")
+    _choice(m.fused_scale, ("auto", "always", "never"), "model.fused_scale")
+    _choice(cfg.loss.penalty_precision, ("fp32", "bf16"), "loss.penalty_precision")
     if m.img_channels not in (1, 3):
         raise ConfigError(f"model.img_channels must be 1 or 3 (got {m.img_channels})")
     for name in ("latent_dim", "fmap_base", "fmap_max", "fmap_min", "w_dim"):

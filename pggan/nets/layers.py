@@ -14,9 +14,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import bias_act, minibatch_std, pixel_norm
+from ..ops import bias_act, downsample2d, minibatch_std, pixel_norm
+from ..ops.resample_conv import conv3x3_resample
 
 SQRT2 = math.sqrt(2.0)
+
+# model.fused_scale "auto": blocks working at this many pixels and more fold their 2x
+# resampling into a strided conv. Chosen by measurement (benchmarks/RESULTS.md, "Fused
+# resampling convolutions": the fused G+D blocks were faster on CPU from 8 px up); PGGAN's
+# code switched at 128 px, a choice for its 2018 GPUs that our measurement does not support.
+FUSED_SCALE_AUTO_RES = 8
 
 
 class EqualizedLinear(nn.Module):
@@ -45,10 +52,25 @@ class EqualizedLinear(nn.Module):
 
 
 class EqualizedConv2d(nn.Module):
+    """Equalized-LR conv (stride 1, same padding), optionally with a 2x resampling:
+
+      resample None     conv -> bias + act
+      resample "up"     nearest 2x up -> conv -> bias + act; fused: one transposed stride-2
+                        4x4 conv (exactly the same function)
+      resample "down"   fused False: conv -> bias + act -> 2x2 box (PGGAN's non-fused path)
+                        fused True:  stride-2 4x4 conv (= conv -> box) -> bias + act, PGGAN's
+                        fused path; the activation after the pool makes it another function
+    The parameters are the same in every case, so states load into either path."""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  bias: bool = True, gain: float = SQRT2, lr_mult: float = 1.0,
-                 act: str = "linear", act_gain: float = 1.0, impl: str = "auto"):
+                 act: str = "linear", act_gain: float = 1.0, impl: str = "auto",
+                 resample: Optional[str] = None, fused: bool = False):
         super().__init__()
+        if resample not in (None, "up", "down") or (resample and kernel_size != 3):
+            raise ValueError(f"EqualizedConv2d: resample must be None, 'up' or 'down' with a "
+                             f"3x3 kernel (got {resample!r}, k={kernel_size})")
+        self.resample, self.fused = resample, bool(fused)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, \
             kernel_size
         self.weight = nn.Parameter(
@@ -59,14 +81,21 @@ class EqualizedConv2d(nn.Module):
         self.act, self.act_gain, self.impl = act, act_gain, impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:             # [N, Cin, H, W]
-        w = (self.weight * self.weight_scale).to(x.dtype)
-        x = F.conv2d(x, w, padding=self.kernel_size // 2)           # [N, Cout, H, W]
         b = self.bias * self.lr_mult if self.bias is not None else None
+        if self.resample is None or (self.resample == "down" and not self.fused):
+            w = (self.weight * self.weight_scale).to(x.dtype)
+            x = F.conv2d(x, w, padding=self.kernel_size // 2)       # [N, Cout, H, W]
+            x = bias_act(x, b, dim=1, act=self.act, gain=self.act_gain, impl=self.impl)
+            return x if self.resample is None else downsample2d(x, mode="box")
+        # The He scale goes into the (fused) kernel in the same multiply as its 1/4 box weight.
+        x = conv3x3_resample(x, self.weight.to(x.dtype), self.resample, self.fused,
+                             weight_gain=self.weight_scale)         # [N, Cout, 2H or H/2, ..]
         return bias_act(x, b, dim=1, act=self.act, gain=self.act_gain, impl=self.impl)
 
     def extra_repr(self) -> str:
+        rs = f", resample={self.resample}, fused={self.fused}" if self.resample else ""
         return (f"{self.in_channels}->{self.out_channels}, k={self.kernel_size}, "
-                f"act={self.act}, scale={self.weight_scale:.4g}")
+                f"act={self.act}, scale={self.weight_scale:.4g}{rs}")
 
 
 class PixelNorm(nn.Module):

@@ -18,8 +18,9 @@ import torch.nn as nn
 from ..config import ModelConfig
 from ..ops import downsample2d, fade_in, pixel_norm, upsample2d
 from .features import nf_res, nf_stage, resolutions
-from .layers import (SQRT2, EqualizedConv2d, EqualizedLinear, MinibatchStd, PixelNorm,
-                     from_rgb, label_onehot, to_rgb)
+from .layers import (FUSED_SCALE_AUTO_RES, SQRT2, EqualizedConv2d, EqualizedLinear,
+                     MinibatchStd, PixelNorm, from_rgb, label_onehot, to_rgb)
+from ..ops.resample_conv import use_fused
 
 
 def _check_stage(res: int, max_res: int, start_res: int = 4) -> None:
@@ -45,17 +46,18 @@ class GInputBlock(nn.Module):
 
 
 class GBlock(nn.Module):
-    """nearest 2x up -> conv3x3 -> conv3x3, each followed by leaky ReLU and PixelNorm."""
+    """nearest 2x up -> conv3x3 -> conv3x3, each followed by leaky ReLU and PixelNorm.
+    fused: the up + first conv run as one transposed stride-2 conv (the same function)."""
 
-    def __init__(self, in_ch: int, out_ch: int, impl: str):
+    def __init__(self, in_ch: int, out_ch: int, impl: str, fused: bool = False):
         super().__init__()
-        self.conv0 = EqualizedConv2d(in_ch, out_ch, 3, act="lrelu", impl=impl)
+        self.conv0 = EqualizedConv2d(in_ch, out_ch, 3, act="lrelu", impl=impl, resample="up",
+                                     fused=fused)
         self.conv1 = EqualizedConv2d(out_ch, out_ch, 3, act="lrelu", impl=impl)
         self.norm = PixelNorm(impl)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:             # [N, Cin, R/2, R/2]
-        h = upsample2d(h, mode="nearest")
-        h = self.norm(self.conv0(h))
+        h = self.norm(self.conv0(h))                                # [N, Cout, R, R]
         return self.norm(self.conv1(h))                             # [N, Cout, R, R]
 
 
@@ -76,7 +78,8 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleDict()
         self.torgb = nn.ModuleDict({"4": to_rgb(nf(4), cfg.img_channels, cfg.impl)})
         for r in resolutions(cfg.max_res)[1:]:
-            self.blocks[str(r)] = GBlock(nf(r // 2), nf(r), cfg.impl)
+            self.blocks[str(r)] = GBlock(nf(r // 2), nf(r), cfg.impl,
+                                         use_fused(cfg.fused_scale, r, FUSED_SCALE_AUTO_RES))
             self.torgb[str(r)] = to_rgb(nf(r), cfg.img_channels, cfg.impl)
 
     def stage_modules(self, res: int) -> list:
@@ -109,19 +112,23 @@ class Generator(nn.Module):
 class DBlock(nn.Module):
     """conv3x3 -> conv3x3 -> 2x down, each conv followed by leaky ReLU.
 
-    Down is PGGAN's 2x2 box, or the FIR filter (StyleGAN, [1,3,3,1]) when `taps` is given."""
+    Down is PGGAN's 2x2 box, or the FIR filter (StyleGAN, [1,3,3,1]) when `taps` is given.
+    fused (box only): the second conv and the box run as one stride-2 4x4 conv, with bias and
+    leaky ReLU after the pool (PGGAN's fused_scale path)."""
 
-    def __init__(self, in_ch: int, out_ch: int, impl: str, taps=None):
+    def __init__(self, in_ch: int, out_ch: int, impl: str, taps=None, fused: bool = False):
         super().__init__()
-        self.conv0 = EqualizedConv2d(in_ch, in_ch, 3, act="lrelu", impl=impl)
-        self.conv1 = EqualizedConv2d(in_ch, out_ch, 3, act="lrelu", impl=impl)
         self.taps = tuple(taps) if taps else None
+        self.conv0 = EqualizedConv2d(in_ch, in_ch, 3, act="lrelu", impl=impl)
+        self.conv1 = EqualizedConv2d(in_ch, out_ch, 3, act="lrelu", impl=impl,
+                                     resample=None if self.taps else "down",
+                                     fused=fused and not self.taps)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:             # [N, Cin, R, R]
-        h = self.conv1(self.conv0(h))
+        h = self.conv1(self.conv0(h))                               # box: [N, Cout, R/2, R/2]
         if self.taps:
             return downsample2d(h, mode="fir", taps=self.taps)      # [N, Cout, R/2, R/2]
-        return downsample2d(h, mode="box")
+        return h
 
 
 class DOutputBlock(nn.Module):
@@ -169,7 +176,9 @@ class Discriminator(nn.Module):
         for r in resolutions(cfg.max_res):
             self.fromrgb[str(r)] = from_rgb(cfg.img_channels, nf(r), cfg.impl)
             if r > 4:
-                self.blocks[str(r)] = DBlock(nf(r), nf(r // 2), cfg.impl, taps)
+                self.blocks[str(r)] = DBlock(
+                    nf(r), nf(r // 2), cfg.impl, taps,
+                    fused=use_fused(cfg.fused_scale, r, FUSED_SCALE_AUTO_RES))
         self.output = DOutputBlock(cfg)
 
     def stage_modules(self, res: int) -> list:

@@ -42,7 +42,8 @@ def upsample2d(x: torch.Tensor, factor: int = 2, mode: str = "nearest",
                taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
     """[N, C, H, W] -> [N, C, H*factor, W*factor]."""
     if mode == "nearest":
-        return x.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        # F.interpolate keeps channels_last, repeat_interleave returned NCHW; both copy exactly.
+        return F.interpolate(x, scale_factor=float(factor), mode="nearest")
     if mode != "fir":
         raise ValueError(f"upsample2d: mode must be 'nearest' or 'fir' (got {mode!r})")
     n_, c, h, w = x.shape
