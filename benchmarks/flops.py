@@ -27,7 +27,11 @@ of pggan.losses.make_phases; a phase that runs every k-th step counts 1/k per st
 
   PGGAN's WGAN-GP step: (F_G + 10 F_D) + (3 F_G + 2 F_D) = 4 F_G + 12 F_D per image.
 
-These are the FLOPs the algorithm needs. What torch actually runs can be more:
+These are the FLOPs the algorithm needs, counted for the unfused network (model.fused_scale
+never): a fused resampling conv computes the same function with fewer multiply-adds, so with
+fused layers the TFLOP/s built on these counts is an effective rate for the same work, and
+`executed_step_flops` (`--executed`) counts what each setting dispatches. What torch actually
+runs can also be more:
 `ExecutedFlops` counts the convolutions and matmuls dispatched in a real step (with torch's
 own per-op formulas), and benchmarks/train_step.py reports the ratio (executed/model; see
 benchmarks/RESULTS.md). With WGAN-GP it is above 1 because the double backward of leaky ReLU
@@ -299,6 +303,41 @@ def count_executed_flops(fn: Callable[[], object]) -> int:
     return counter.flops
 
 
+def executed_step_flops(cfg: Config, res: int, alpha: float = 1.0, batch: int = 4) -> float:
+    """Conv + matmul FLOPs per image that torch dispatches in one step of every loss phase
+    (pggan.losses.GANLoss.phase_loss forward + backward, as the loop runs them; a lazy phase
+    counted 1/interval) at (res, alpha), for the network cfg.model describes (its fused_scale
+    included). Runs under FakeTensorMode: shapes and op dispatch are real, no arithmetic is
+    done, so the 1024 px paper network is counted in seconds on a CPU."""
+    import contextlib
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pggan.losses import GANLoss, MicroBatch
+    from pggan.nets import build_discriminator, build_generator
+
+    m = cfg.model
+    if m.num_classes:
+        raise ValueError("executed_step_flops: class-conditional networks are not counted")
+    total = 0.0
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        G, D = build_generator(m).train(), build_discriminator(m).train()
+        loss = GANLoss(cfg.loss, m.num_classes, m.cond_d)
+        for phase in make_phases(cfg.loss):
+            G.requires_grad_(phase.net == "G")
+            D.requires_grad_(phase.net == "D")
+            mb = MicroBatch(real=torch.randn(batch, m.img_channels, res, res), real_c=None,
+                            z=torch.randn(batch, m.latent_dim),
+                            gp_eps=torch.rand(batch, 1, 1, 1), res=res, alpha=alpha)
+            with ExecutedFlops() as counter:
+                out = loss.phase_loss(phase, mb, lambda z, c, r, a: G(z, c, r, a),
+                                      lambda x, c, a: D(x, c, a), contextlib.nullcontext)
+                out.loss.backward()
+            total += counter.flops / phase.interval
+    return total / batch
+
+
 # --------------------------------------------------------------------------------------------
 # Command line: the counts of a preset, per resolution
 
@@ -315,6 +354,12 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="pggan-celebahq-1024", metavar="PRESET|FILE")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--alpha", type=float, default=1.0, help="fade weight (default 1: stable)")
+    p.add_argument("--executed", action="store_true",
+                   help="also count the conv + matmul FLOPs torch dispatches per step "
+                        "(FakeTensorMode, no arithmetic), unfused vs fused "
+                        "(model.fused_scale never vs always)")
+    p.add_argument("--res", default=None, metavar="LIST",
+                   help="comma list: only these resolutions")
     args = p.parse_args(argv)
     try:
         cfg = load_preset(args.config)
@@ -322,13 +367,22 @@ def main(argv=None) -> int:
             apply_override(cfg, assignment)
         validate(cfg)
         sched = ResolutionSchedule(cfg, world_size=1)
+        stages = resolutions(cfg.model.max_res, cfg.schedule.start_res)
+        if args.res:
+            wanted = [int(r) for r in args.res.split(",") if r.strip()]
+            if any(r not in stages for r in wanted):
+                raise ValueError(f"--res {args.res}: not all stages of this config "
+                                 f"({', '.join(map(str, stages))})")
+            stages = [r for r in stages if r in wanted]
         rows = []
-        for res in resolutions(cfg.model.max_res, cfg.schedule.start_res):
+        for res in stages:
             s = step_flops(cfg, res, args.alpha if res > cfg.schedule.start_res else 1.0)
             rows.append((res, s, sched.batch_of(res)))
     except (ConfigError, ValueError) as e:
         print(f"benchmarks/flops.py: {e}", file=sys.stderr)
         return 2
+    if args.executed:
+        return _print_executed(cfg, rows, args)
     print(f"{args.config}: {cfg.model.arch}, loss {cfg.loss.kind}, alpha {args.alpha:g}; "
           f"GFLOP per image (dense conv / linear MACs x 2)")
     print("| res | F_G | F_D | step (D phases + G phase) | batch | step TFLOP at batch |")
@@ -336,6 +390,27 @@ def main(argv=None) -> int:
     for res, s, batch in rows:
         print(f"| {res} | {s.g_forward / 1e9:.4g} | {s.d_forward / 1e9:.4g} | "
               f"{s.total / 1e9:.4g} | {batch} | {s.total * batch / 1e12:.4g} |")
+    return 0
+
+
+def _print_executed(cfg: Config, rows, args) -> int:
+    import copy
+    print(f"{args.config}: {cfg.model.arch}, loss {cfg.loss.kind}, alpha {args.alpha:g}; "
+          f"GFLOP per image: model (analytic, the unfused network) and executed (conv + "
+          f"matmul FLOPs torch dispatches in one step, FakeTensorMode, batch 4)")
+    print("| res | model step | executed, fused_scale never | executed, fused_scale always "
+          "| never / always |")
+    print("|---:|---:|---:|---:|---:|")
+    for res, s, _ in rows:
+        alpha = args.alpha if res > cfg.schedule.start_res else 1.0
+        counts = {}
+        for setting in ("never", "always"):
+            c = copy.deepcopy(cfg)
+            c.model.fused_scale = setting
+            counts[setting] = executed_step_flops(c, res, alpha)
+        print(f"| {res} | {s.total / 1e9:.4g} | {counts['never'] / 1e9:.4g} | "
+              f"{counts['always'] / 1e9:.4g} | {counts['never'] / counts['always']:.3f}x |",
+              flush=True)
     return 0
 
 

@@ -20,12 +20,16 @@ fastest) / median. Peak memory: CUDA max_memory_allocated over the timed steps; 
 whole process's peak RSS over the timed steps (VmHWM after a reset through
 /proc/self/clear_refs).
 
-The grid is impl x precision x layout (--impls, --precisions, --layouts). Always included:
-  baseline  impl=ref, fp32, NCHW: the same network and step, eager, reference ops
+The grid is impl x precision x layout x fused_scale (--impls, --precisions, --layouts,
+--fused-scales). Always included:
+  baseline  impl=ref, fp32, NCHW, fused_scale never: the same network and step, eager,
+            reference ops, resampling as separate ops (the path before fused_scale existed)
   default   impl=auto (Triton on CUDA, the reference on CPU), the default mixed precision
-            (bf16 on CUDA, fp32 on CPU), in whichever of the measured layouts is faster at that
-            resolution ("channels_last if it helps"); its speedup over the baseline is the
-            summary table.
+            (bf16 on CUDA, fp32 on CPU), fused_scale auto (else always, else never, whichever
+            is measured), in whichever of the measured layouts is faster at that resolution
+            ("channels_last if it helps"); its speedup over the baseline is the summary table.
+With two or more fused_scale settings a third table sets them side by side: the same network
+(same weights), impl, precision and layout, fused vs unfused, ms/step and executed FLOPs.
 On CPU, Triton would be the interpreter and is never timed; bf16 is not the CPU training
 precision and is left out by default.
 
@@ -68,6 +72,7 @@ PROG = "benchmarks/train_step.py"
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}          # label -> Engine.mixed_precision
 LAYOUTS = {"nchw": False, "channels_last": True}      # label -> train.channels_last
 IMPLS = ("ref", "triton", "auto")
+FUSED_SCALES = ("never", "always", "auto")
 FADE_ALPHA = 0.5
 ENV_VARS = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET")
 
@@ -151,11 +156,12 @@ class Variant:
     impl_runs: str          # what it dispatches to on this device: ref | triton
     precision: str          # fp32 | bf16
     layout: str             # nchw | channels_last
+    fused_scale: str = "never"   # model.fused_scale: never | always | auto
 
     @property
     def label(self) -> str:
         impl = self.impl if self.impl == self.impl_runs else f"{self.impl} ({self.impl_runs})"
-        return f"{impl}, {self.precision}, {self.layout}"
+        return f"{impl}, {self.precision}, {self.layout}, fused {self.fused_scale}"
 
 
 def schedule_points(cfg: Config, res: int, with_fade: bool):
@@ -179,6 +185,7 @@ def make_trainer(cfg: Config, variant: Variant, device: torch.device, run_dir: P
     from pggan.training.loop import Trainer
     cfg = copy.deepcopy(cfg)
     cfg.model.impl = variant.impl
+    cfg.model.fused_scale = variant.fused_scale
     cfg.train.mixed_precision = PRECISIONS[variant.precision]
     cfg.train.channels_last = LAYOUTS[variant.layout]
     cfg.data.num_workers = 0
@@ -259,8 +266,8 @@ def run_case(cfg: Config, variant: Variant, point, device: torch.device, warmup:
 # Tables
 
 
-COLUMNS = ["res", "point", "alpha", "batch", "impl", "precision", "layout", "ms/step",
-           "spread %", "img/s",
+COLUMNS = ["res", "point", "alpha", "batch", "impl", "precision", "layout", "fused_scale",
+           "ms/step", "spread %", "img/s",
            "sec/kimg", "peak MiB", "GFLOP/img", "TFLOP/s", "% bf16 mm", "% fp32 mm",
            "executed/model", "vs baseline"]
 
@@ -272,14 +279,14 @@ def _fmt(x, spec: str) -> str:
 def main_table(rows: List[dict]) -> str:
     return markdown_table(COLUMNS, (
         [str(r["res"]), r["point"], f"{r['alpha']:g}", r["batch"], r["impl"],
-         r["precision"], r["layout"], _fmt(r["ms_per_step"], ".1f"),
+         r["precision"], r["layout"], r["fused_scale"], _fmt(r["ms_per_step"], ".1f"),
          _fmt(r["spread_pct"], ".0f"),
          _fmt(r["img_per_s"], ".1f"), _fmt(r["sec_per_kimg"], ".2f"),
          _fmt(r["peak_mib"], ".0f"), _fmt(r["gflop_per_img"], ".4g"),
          _fmt(r["tflops"], ".3g"), _fmt(r["pct_bf16_mm"], ".1f"),
          _fmt(r["pct_fp32_mm"], ".1f"), _fmt(r["executed_ratio"], ".3f"),
          _fmt(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] is not None else "")]
-        for r in rows), left={"point", "impl", "precision", "layout", "batch"})
+        for r in rows), left={"point", "impl", "precision", "layout", "fused_scale", "batch"})
 
 
 def summary_rows(rows: List[dict], baseline: Variant, defaults: List[Variant]) -> List[dict]:
@@ -300,9 +307,42 @@ def summary_rows(rows: List[dict], baseline: Variant, defaults: List[Variant]) -
     return out
 
 
+def fused_rows(rows: List[dict]) -> List[dict]:
+    """Each row measured with fused_scale always or auto beside its fused_scale never twin
+    (same res, point, impl, precision, layout)."""
+    out = []
+    for r in rows:
+        if r["fused_scale"] == "never":
+            continue
+        v = r["variant"]
+        twin = next((q for q in rows if (q["res"], q["point"]) == (r["res"], r["point"]) and
+                     q["variant"] == dataclasses.replace(v, fused_scale="never")), None)
+        if twin is None:
+            continue
+        ex = None
+        if r["executed_flops_per_img"] and twin["executed_flops_per_img"]:
+            ex = twin["executed_flops_per_img"] / r["executed_flops_per_img"]
+        out.append(dict(res=r["res"], point=r["point"], variant=dataclasses.replace(
+            v, fused_scale="-").label.rsplit(", fused", 1)[0], fused_scale=r["fused_scale"],
+            never_ms=twin["ms_per_step"], fused_ms=r["ms_per_step"],
+            speedup=twin["ms_per_step"] / r["ms_per_step"], executed_ratio=ex))
+    return out
+
+
+def fused_table(rows: List[dict]) -> str:
+    return markdown_table(
+        ["res", "point", "impl, precision, layout", "fused_scale", "ms/step never",
+         "ms/step fused", "speedup", "executed FLOPs never / fused"],
+        ([str(r["res"]), r["point"], r["variant"], r["fused_scale"], f"{r['never_ms']:.1f}",
+          f"{r['fused_ms']:.1f}", f"{r['speedup']:.2f}x",
+          _fmt(r["executed_ratio"], ".3f") + ("x" if r["executed_ratio"] else "")]
+         for r in rows), left={"point", "impl, precision, layout", "fused_scale"})
+
+
 def summary_table(rows: List[dict]) -> str:
     return markdown_table(
-        ["res", "point", "baseline img/s (ref, fp32, nchw)", "default configuration",
+        ["res", "point", "baseline img/s (ref, fp32, nchw, fused never)",
+         "default configuration",
          "default img/s", "speedup", "default % bf16 mm"],
         ([str(r["res"]), r["point"], f"{r['baseline_img_s']:.1f}", r["default"],
           f"{r['default_img_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['default_pct_bf16']:.1f}"]
@@ -332,6 +372,9 @@ def parse_args(argv=None):
                    help="comma list of fp32, bf16 (default: fp32,bf16 on CUDA; fp32 on CPU)")
     p.add_argument("--layouts", default="nchw,channels_last", metavar="LIST",
                    help="comma list of nchw, channels_last (default: %(default)s)")
+    p.add_argument("--fused-scales", default="never,always", metavar="LIST",
+                   help="comma list of model.fused_scale settings: never, always, auto "
+                        "(default: %(default)s, side by side)")
     p.add_argument("--fade", action="store_true",
                    help="also measure the middle of each fade-in (alpha 0.5)")
     p.add_argument("--warmup", type=int, default=None,
@@ -392,6 +435,7 @@ def build_grid(args, device: torch.device, notes: List[str]):
     precisions = _list(args.precisions or ("fp32,bf16" if cuda else "fp32"), PRECISIONS,
                        "--precisions")
     layouts = _list(args.layouts, LAYOUTS, "--layouts")
+    fused = _list(args.fused_scales, FUSED_SCALES, "--fused-scales")
     if not cuda:
         impls = [i for i in impls if i != "triton"]
         notes.append("CPU: impl=triton is not timed (on CPU it is the Triton interpreter, a "
@@ -403,23 +447,27 @@ def build_grid(args, device: torch.device, notes: List[str]):
         raise BenchError("the triton package is not importable: impl=triton/auto cannot run "
                          "the fused kernels (pip install triton)")
 
-    def variant(impl, precision, layout):
+    def variant(impl, precision, layout, fused_scale):
         runs = {"ref": "ref", "triton": "triton", "auto": auto_runs}[impl]
-        return Variant(impl, runs, precision, layout)
+        return Variant(impl, runs, precision, layout, fused_scale)
 
-    baseline = variant("ref", "fp32", "nchw")
+    baseline = variant("ref", "fp32", "nchw", "never")
     default_precision = "bf16" if cuda else "fp32"
-    defaults = [variant("auto", default_precision, lay) for lay in layouts]
-    grid, seen = [baseline], {(baseline.impl_runs, baseline.precision, baseline.layout)}
-    for v in [variant(i, p, lay) for i in impls for p in precisions for lay in layouts] + \
-            defaults:
-        key = (v.impl_runs, v.precision, v.layout)
-        if key not in seen:                     # auto and its resolution run the same code
-            seen.add(key)
+    default_fused = next(f for f in ("auto", "always", "never") if f in fused)
+    defaults = [variant("auto", default_precision, lay, default_fused) for lay in layouts]
+
+    def key(v):
+        return (v.impl_runs, v.precision, v.layout, v.fused_scale)
+
+    grid, seen = [baseline], {key(baseline)}
+    for v in [variant(i, p, lay, f) for i in impls for p in precisions for lay in layouts
+              for f in fused] + defaults:
+        if key(v) not in seen:                  # auto and its resolution run the same code
+            seen.add(key(v))
             grid.append(v)
     # Rows that run the same code as a default variant stand for it.
-    by_key = {(v.impl_runs, v.precision, v.layout): v for v in grid}
-    defaults = [by_key[(d.impl_runs, d.precision, d.layout)] for d in defaults]
+    by_key = {key(v): v for v in grid}
+    defaults = [by_key[key(d)] for d in defaults]
     return grid, baseline, defaults
 
 
@@ -504,6 +552,7 @@ def main(argv=None) -> int:
                            impl=variant.impl if variant.impl == variant.impl_runs
                            else f"{variant.impl} ({variant.impl_runs})",
                            precision=variant.precision, layout=variant.layout,
+                           fused_scale=variant.fused_scale,
                            gflop_per_img=flops / 1e9, tflops=tflops,
                            pct_bf16_mm=100 * tflops / mm_bf16, pct_fp32_mm=100 * tflops / mm_fp32,
                            executed_ratio=None if r["executed_flops_per_img"] is None
@@ -513,14 +562,19 @@ def main(argv=None) -> int:
                 print(main_table([row]).split("\n", 2)[2], flush=True)
 
     summary = summary_rows(rows, baseline, defaults)
+    fused = fused_rows(rows)
     title = "Default configuration (impl auto, " + \
         ("bf16" if cuda else "fp32") + ", the faster measured layout) vs our eager fp32 baseline"
+    fused_title = "Fused resampling convolutions vs unfused (fused_scale never), same network"
     report = "\n".join(
         ["# Training step throughput", ""] + [f"- {h}" for h in header] +
         [f"- note: {n}" for n in notes] +
         ["", "## All configurations", "", main_table(rows), "", f"## {title}", "",
-         summary_table(summary), ""])
+         summary_table(summary), ""] +
+        (["", f"## {fused_title}", "", fused_table(fused), ""] if fused else []))
     print("\n" + f"{title}\n" + summary_table(summary), flush=True)
+    if fused:
+        print("\n" + f"{fused_title}\n" + fused_table(fused), flush=True)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -528,7 +582,7 @@ def main(argv=None) -> int:
         plain = [{k: v for k, v in r.items() if k != "variant"} for r in rows]
         write_atomic(out / "train_step.json", json.dumps(
             dict(header=header, notes=notes, matmul_tflops={"bf16": mm_bf16, "fp32": mm_fp32},
-                 rows=plain, summary=summary), indent=1))
+                 rows=plain, summary=summary, fused=fused), indent=1))
         print(f"\nwrote {out / 'train_step.md'} and {out / 'train_step.json'}", flush=True)
     return 0
 

@@ -88,8 +88,10 @@ NETS = [
 
 @pytest.mark.parametrize("kw", NETS, ids=lambda kw: "-".join(map(str, kw.values())))
 def test_matches_torch_flop_counter_on_the_real_networks(kw):
+    # The analytic counts are those of the unfused network (fused layers do less arithmetic
+    # for the same function; test_executed_step_flops_fused_vs_unfused counts them).
     m = ModelConfig(max_res=16, fmap_base=64, fmap_max=16, latent_dim=8, w_dim=8,
-                    mapping_layers=2, **kw)
+                    mapping_layers=2, fused_scale="never", **kw)
     G = build_generator(m).eval().requires_grad_(False)
     D = build_discriminator(m).eval().requires_grad_(False)
     n = 4
@@ -144,7 +146,7 @@ def test_step_multiples():
 
 
 def test_executed_flops_counts_like_torch_and_through_autograd_grad():
-    m = ModelConfig(max_res=16, fmap_base=32, fmap_max=8, latent_dim=8)
+    m = ModelConfig(max_res=16, fmap_base=32, fmap_max=8, latent_dim=8, fused_scale="never")
     G, D = build_generator(m), build_discriminator(m)
     z = torch.randn(4, 8)
 
@@ -197,14 +199,15 @@ def test_cpu_smoke_run_writes_the_tables(tmp_path):
     assert any("impl=triton is not timed" in n for n in data["notes"])
 
     # Rows: res 4 (no fade-in at the start resolution), 8 stabilised and mid-fade; triton was
-    # dropped on CPU and auto runs the reference there, so per point: ref x {nchw, channels_last}.
-    got = [(r["res"], r["point"], r["alpha"], r["impl"], r["precision"], r["layout"], r["batch"])
-           for r in data["rows"]]
-    assert got == [(res, point, alpha, "ref", "fp32", layout, batch)
+    # dropped on CPU and auto runs the reference there, so per point: ref x {nchw,
+    # channels_last} x fused_scale {never, always} (the default --fused-scales).
+    got = [(r["res"], r["point"], r["alpha"], r["impl"], r["precision"], r["layout"],
+            r["fused_scale"], r["batch"]) for r in data["rows"]]
+    assert got == [(res, point, alpha, "ref", "fp32", layout, fused, batch)
                    for res, point, alpha, batch in ((4, "stab", 1.0, "8 = 8 x 1"),
                                                     (8, "stab", 1.0, "4 = 4 x 1"),
                                                     (8, "fade", 0.5, "4 = 4 x 1"))
-                   for layout in ("nchw", "channels_last")]
+                   for layout in ("nchw", "channels_last") for fused in ("never", "always")]
     m = ModelConfig(max_res=8, fmap_base=32, fmap_max=8, latent_dim=8)
     for r in data["rows"]:
         for key in ("ms_per_step", "img_per_s", "sec_per_kimg", "peak_mib", "gflop_per_img",
@@ -216,13 +219,31 @@ def test_cpu_smoke_run_writes_the_tables(tmp_path):
         assert r["sec_per_kimg"] == pytest.approx(1000 / r["img_per_s"], rel=1e-9)
         f_g, f_d = flops.forward_flops(m, r["res"], r["alpha"])
         assert r["gflop_per_img"] * 1e9 == pytest.approx(4 * f_g + 12 * f_d, rel=1e-12)
-    assert [r["vs_baseline"] for r in data["rows"] if r["layout"] == "nchw"] == [1.0] * 3
+    assert [r["vs_baseline"] for r in data["rows"]
+            if (r["layout"], r["fused_scale"]) == ("nchw", "never")] == [1.0] * 3
+    # Fused vs unfused, side by side: one line per fused row that has an unfused twin. At 8 px
+    # the fused network dispatches fewer conv FLOPs (a count, not a timing); at 4 px there is
+    # no block to fuse, so the same.
+    fused = data["fused"]
+    assert [(f["res"], f["point"], f["variant"]) for f in fused] == [
+        (res, point, f"ref, fp32, {layout}") for res, point in ((4, "stab"), (8, "stab"),
+                                                                 (8, "fade"))
+        for layout in ("nchw", "channels_last")]
+    for f in fused:
+        assert f["speedup"] == pytest.approx(f["never_ms"] / f["fused_ms"])
+        if f["res"] == 4:
+            assert f["executed_ratio"] == pytest.approx(1.0)
+        else:
+            assert f["executed_ratio"] > 1.05
+    assert "## Fused resampling convolutions vs unfused" in md
 
     summary = data["summary"]
     assert [(s["res"], s["point"]) for s in summary] == [(4, "stab"), (8, "stab"), (8, "fade")]
     for s in summary:
-        here = [r for r in data["rows"] if (r["res"], r["point"]) == (s["res"], s["point"])]
+        here = [r for r in data["rows"] if (r["res"], r["point"]) == (s["res"], s["point"])
+                and r["fused_scale"] == "always"]       # the default among those measured
         assert s["default_img_s"] == max(r["img_per_s"] for r in here)
+        assert s["default"].endswith("fused always")
         assert s["speedup"] == pytest.approx(s["default_img_s"] / s["baseline_img_s"])
 
     # The markdown table: the script's columns, one line per row, numbers where numbers go.
@@ -236,8 +257,8 @@ def test_cpu_smoke_run_writes_the_tables(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         for name in ("ms/step", "img/s", "sec/kimg", "peak MiB", "GFLOP/img", "TFLOP/s"):
             assert float(cells[bench.COLUMNS.index(name)]) > 0, (name, line)
-    assert "| res | point | baseline img/s (ref, fp32, nchw) |" in md
-    assert proc.stdout.count("| 8 | fade | 0.5 |") == 2              # rows as they are measured
+    assert "| res | point | baseline img/s (ref, fp32, nchw, fused never) |" in md
+    assert proc.stdout.count("| 8 | fade | 0.5 |") == 4              # rows as they are measured
 
 
 def test_bad_options_are_one_line_errors(capsys):
@@ -251,6 +272,8 @@ def test_bad_options_are_one_line_errors(capsys):
 
     assert error("--device", "cpu", "--impls", "ref,fast") == \
         "benchmarks/train_step.py: --impls 'ref,fast': choose from ref, triton, auto"
+    assert error("--device", "cpu", "--fused-scales", "sometimes") == \
+        "benchmarks/train_step.py: --fused-scales 'sometimes': choose from never, always, auto"
     assert error("--device", "cpu", "--config", "demo-cpu", "--res", "4,64") == \
         "benchmarks/train_step.py: --res: [64] not stages of this config (4, 8, 16, 32)"
     assert "unknown option model.fmap_bse (did you mean model.fmap_base?)" in error(
@@ -272,7 +295,8 @@ def test_lazy_r1_is_timed_in_whole_cycles(tmp_path, capsys):
             "--set", "model.fmap_base=32", "--set", "model.fmap_max=8",
             "--set", "model.latent_dim=8", "--set", "model.w_dim=8",
             "--set", "model.mapping_layers=2", "--set", "schedule.batch_by_res={8: 4}",
-            "--layouts", "nchw", "--warmup", "1", "--steps", "3", "--no-count",
+            "--layouts", "nchw", "--fused-scales", "never", "--warmup", "1", "--steps", "3",
+            "--no-count",
             "--matmul-size", "64", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -296,3 +320,21 @@ def test_flops_command_prints_the_preset_table(capsys):
         assert float(r.split("|")[4]) == pytest.approx(flops.step_flops(cfg, res).total / 1e9,
                                                        rel=1e-3)
     assert flops.main(["--config", "demo-cpu", "--set", "model.fmap_bse=8"]) == 2
+
+
+def test_executed_step_flops_fused_vs_unfused():
+    # FakeTensorMode counts the real step's dispatched convs without arithmetic. A fused block
+    # replaces a 9-tap conv at R (G: at the output, D: at the input) by a 16-tap conv at R/2,
+    # 2.25x fewer FLOPs on that layer; the rest is unchanged, so the step ratio lies between
+    # 1 and 2.25, and at 4 px (no block) it is exactly 1.
+    cfg = _cfg(kind="wgan-gp")
+    cfg.model = ModelConfig(max_res=16, fmap_base=64, fmap_max=16, latent_dim=8)
+    counts = {}
+    for setting in ("never", "always"):
+        cfg.model.fused_scale = setting
+        counts[setting] = [flops.executed_step_flops(cfg, r) for r in (4, 16)]
+    assert counts["never"][0] == counts["always"][0] > 0
+    assert 1.2 < counts["never"][1] / counts["always"][1] < 2.25
+    # The unfused count is torch's own count of a real (non-fake) step of the same phases.
+    cfg.model.fused_scale = "never"
+    assert counts["never"][1] >= flops.step_flops(cfg, 16).total
