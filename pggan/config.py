@@ -147,6 +147,8 @@ class TrainConfig:
     snapshot_kimg: float = 200.0        # network snapshot + training state interval
     keep_last: int = 3                  # training states kept besides stage boundaries
     grid_size: int = 16                 # images in the fixed-latent grid per tick
+    on_nonfinite: str = "stop"          # NaN/Inf loss or gradient: stop (exit 4) | skip the step
+    nonfinite_max_skips: int = 10       # with skip: stop after this many bad steps in a row
 
 
 @dataclass
@@ -172,6 +174,11 @@ class Config:
 # dict <-> dataclass with checking.
 
 
+# Largest integer a config field takes: every count, size and seed fits far below it, and a
+# value past it (e.g. 99999999999999999999) is a typo that would overflow int64 later.
+_INT_LIMIT = 2 ** 53
+
+
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Union:
@@ -186,12 +193,19 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where} must be an integer (got {value!r})")
+                value = int(value)
+            else:
+                raise ConfigError(f"{where} must be an integer (got {value!r})")
+        if abs(value) > _INT_LIMIT:
+            raise ConfigError(f"{where} is out of range (got {value}; at most {_INT_LIMIT:g})")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number (got {value!r})")
+        if isinstance(value, int) and abs(value) > _INT_LIMIT:
+            raise ConfigError(f"{where} is out of range (got {value})")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number (got {value!r})")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -352,6 +366,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"augment.p must be in [0, 1] (got {cfg.augment.p})")
     if cfg.data.num_workers < 0 or cfg.data.shuffle_buffer < 0:
         raise ConfigError("data.num_workers and data.shuffle_buffer must be >= 0")
+    if cfg.data.num_workers > 256:
+        raise ConfigError(f"data.num_workers must be at most 256 (got {cfg.data.num_workers})")
+    if cfg.data.shuffle_buffer > 1_000_000:
+        raise ConfigError(f"data.shuffle_buffer must be at most 1000000 samples (got "
+                          f"{cfg.data.shuffle_buffer})")
+    if not m.fir_filter or len(m.fir_filter) > 16 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for v in m.fir_filter) or sum(m.fir_filter) <= 0:
+        raise ConfigError(f"model.fir_filter must be a list of 1-16 non-negative numbers with "
+                          f"a positive sum, e.g. [1, 3, 3, 1] (got {m.fir_filter!r})")
+    if not all(isinstance(v, str) for v in cfg.metrics.names):
+        raise ConfigError(f"metrics.names must be a list of names (got {cfg.metrics.names!r})")
     for name in cfg.metrics.names:
         _choice(name, ("swd", "msssim", "fid", "kid"), "metrics.names entry")
     _choice(t.mixed_precision, ("auto", "no", "bf16"), "mixed-precision")
@@ -365,15 +391,16 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"train.{name} must be positive")
     if t.keep_last < 1:
         raise ConfigError("train.keep_last must be >= 1")
+    _choice(t.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
+    if t.nonfinite_max_skips < 1:
+        raise ConfigError(f"train.nonfinite_max_skips must be >= 1 (got {t.nonfinite_max_skips})")
     return cfg
 
 
 def save_resolved(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(cfg.to_yaml())
-    tmp.replace(path)
+    from .files import atomic_write_text
+    atomic_write_text(path, cfg.to_yaml())
 
 
 def config_json(cfg: Config) -> str:

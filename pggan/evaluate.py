@@ -94,13 +94,8 @@ def _init_distributed(device: torch.device):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .files import atomic_write_text
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def summary_line(name: str, entry: dict) -> str:

@@ -116,14 +116,9 @@ def check_targets(paths: Sequence[Path], overwrite: bool) -> None:
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) into a hidden temp file beside `path`, then rename it over `path`."""
+    from .files import atomic_write as _atomic_write
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _atomic_write(path, write, fsync=False)
 
 
 def save_png(path: Path, img_uint8: torch.Tensor) -> None:

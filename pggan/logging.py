@@ -24,6 +24,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("pggan_collector", default=None)
 
 
@@ -112,9 +114,7 @@ def save_png(grid: np.ndarray, path: Path) -> None:
     from PIL import Image
     path = Path(path)
     img = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), fsync=False)
 
 
 # --------------------------------------------------------------------------------------------

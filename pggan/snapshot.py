@@ -8,13 +8,13 @@ Loading rebuilds the network from the config and loads the weights with weights_
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .config import ConfigError, ModelConfig, config_from_dict, Config
+from .files import atomic_write
 from .nets import build_generator
 
 FORMAT = "pggan-snapshot"
@@ -26,18 +26,9 @@ class SnapshotError(ValueError):
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to `path` via a temp file in the same directory + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save to `path` via a temp file in the same directory + fsync + rename
+    (pggan.files.atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_snapshot(path, G_ema: torch.nn.Module, model_cfg: ModelConfig, res: int, alpha: float,

@@ -20,14 +20,15 @@ weights_only=True, so no code is unpickled):
 RUN_DIR/checkpoints/index.json lists every state with its cur_nimg, kind and boundary_res; the
 position of a state is read from there (or from the file itself), never from its name. The
 last `train.keep_last` non-boundary states are kept; boundary states are never deleted.
-Files are written via temp file + rename (pggan.snapshot.atomic_torch_save), the index after
-the state, so a kill at any moment leaves complete files.
+Files are written via temp file + rename (pggan.files.atomic_write), the index after
+the state, so a kill at any moment leaves complete files, and a failed write (ENOSPC, EIO)
+leaves no temp file and the previous files as they were. A state holding NaN/Inf is never
+written.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..files import atomic_write_text
 from ..snapshot import atomic_torch_save
 
 FORMAT = "pggan-training-state"
@@ -265,10 +267,7 @@ class CheckpointIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": INDEX_FORMAT, "version": 1,
                 "checkpoints": [dataclasses.asdict(e) for e in self.entries]}
-        path = self.directory / INDEX_NAME
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(self.directory / INDEX_NAME, json.dumps(meta, indent=1) + "\n")
 
     def latest(self) -> Optional[IndexEntry]:
         return self.entries[-1] if self.entries else None
@@ -297,14 +296,41 @@ class CheckpointIndex:
         return sorted(names)
 
 
+class NonFiniteStateError(CheckpointError):
+    """A training state with NaN/Inf weights or optimizer moments: never written."""
+
+
+def nonfinite_tensors(tree, prefix: str = "") -> List[str]:
+    """Paths of the floating-point tensors in a nested dict/list that hold NaN or Inf."""
+    out: List[str] = []
+    if torch.is_tensor(tree):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            out.append(prefix or "<tensor>")
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            out += nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out += nonfinite_tensors(v, f"{prefix}[{i}]")
+    return out
+
+
 def save_training_state(run_dir, payload: dict, keep_last: int) -> Path:
-    """Write `payload` (see the module docstring) atomically, index it, prune old states."""
+    """Write `payload` (see the module docstring) atomically, index it, prune old states.
+    A payload with NaN/Inf tensors is refused (NonFiniteStateError) before anything is written
+    or pruned, so pruning only ever drops finite states in favour of newer finite ones. The
+    index is written after the state: a failure (disk full) leaves the old index, and a state
+    that was renamed into place but not indexed is found from its contents on resume."""
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     payload = dict(payload, format=FORMAT, version=VERSION)
     if payload.get("kind") not in KINDS:
         raise ValueError(f"checkpoint kind must be one of {KINDS}")
     name = state_file_name(payload["cur_nimg"])
+    bad = nonfinite_tensors(payload)
+    if bad:
+        raise NonFiniteStateError(f"{directory / name}: not written, {len(bad)} tensors hold "
+                                  f"NaN/Inf (e.g. {bad[0]}); the states already saved are kept")
     atomic_torch_save(payload, directory / name)
     index = CheckpointIndex.load(directory)
     index.add(_entry_from_state(name, payload))
