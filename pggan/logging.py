@@ -30,26 +30,25 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("pggan_collector", defa
 
 
 class Collector:
-    """Running sums of reported values between ticks, kept on the device they arrive on (no
-    host sync per report)."""
+    """Running sums of reported values between ticks. A tensor's sum stays on its device and
+    its element count is known on the host, so `add` never moves data between host and device
+    (no host sync per report, tested by counting in tests/test_logging_sync.py); `reduce`
+    makes one host-to-device and one device-to-host transfer per tick."""
 
     def __init__(self):
-        self._sums: Dict[str, list] = {}            # name -> [sum tensor, count tensor]
+        # name -> [device sum (float64 scalar tensor) or None, host sum (float), count (int)]
+        self._sums: Dict[str, list] = {}
 
     def add(self, name: str, value) -> None:
+        acc = self._sums.setdefault(name, [None, 0.0, 0])
         if isinstance(value, torch.Tensor):
-            v = value.detach().flatten().to(torch.float64)
-            s, n = v.sum(), torch.tensor(float(v.numel()), dtype=torch.float64,
-                                         device=v.device)
+            v = value.detach()
+            s = v.sum(dtype=torch.float64)                          # [] on v's device
+            acc[0] = s if acc[0] is None else acc[0] + s.to(acc[0].device)
+            acc[2] += v.numel()
         else:
-            s = torch.tensor(float(value), dtype=torch.float64)
-            n = torch.tensor(1.0, dtype=torch.float64)
-        if name in self._sums:
-            acc = self._sums[name]
-            acc[0] = acc[0] + s.to(acc[0].device)
-            acc[1] = acc[1] + n.to(acc[1].device)
-        else:
-            self._sums[name] = [s, n]
+            acc[1] += float(value)
+            acc[2] += 1
 
     @contextlib.contextmanager
     def active(self):
@@ -69,12 +68,15 @@ class Collector:
                 all_names.update(lst)
             names = sorted(all_names)
         device = engine.device if engine is not None else torch.device("cpu")
-        flat = torch.zeros(2 * len(names), dtype=torch.float64, device=device)   # [sum, n]*
-        for i, name in enumerate(names):
-            if name in self._sums:
-                s, n = self._sums[name]
-                flat[2 * i] = s.to(device)
-                flat[2 * i + 1] = n.to(device)
+        empty = [None, 0.0, 0]
+        accs = [self._sums.get(name, empty) for name in names]
+        # [sum, n] per name: the host parts in one transfer, the device sums added in place.
+        flat = torch.tensor([x for a in accs for x in (a[1], float(a[2]))],
+                            dtype=torch.float64).to(device)
+        dev = [(2 * i, a[0]) for i, a in enumerate(accs) if a[0] is not None]
+        if dev:
+            index = torch.tensor([i for i, _ in dev], device=device)
+            flat.index_add_(0, index, torch.stack([s.to(device) for _, s in dev]))
         if engine is not None and engine.world_size > 1 and names:
             engine.all_reduce_sum_(flat)
         flat = flat.cpu().tolist()
