@@ -34,17 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(4 .. max-res) + dataset.json, for pggan training.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     a = p.add_argument
-    a("--source", required=True, help="folder (recursive), .zip, .tar[.gz|.bz2|.xz], IDX file, "
+    a("--verify", metavar="DIR", help="check every shard of the dataset in DIR against "
+      "dataset.json's sizes and sha256 and exit (0 all good, 1 damaged shards listed); no "
+      "--source/--out needed")
+    a("--source", help="folder (recursive), .zip, .tar[.gz|.bz2|.xz], IDX file, "
       "or a built-in source: synthetic | fashion-mnist | emoji")
-    a("--out", required=True, help="output folder (must be new, empty, or --overwrite)")
+    a("--out", help="output folder (must be new, empty, or --overwrite)")
     a("--max-res", type=int, help="largest resolution, power of two 4..1024 (built-in sources "
       "default to synthetic 64, fashion-mnist 32, emoji 128)")
     a("--channels", type=int, choices=(1, 3), help="3: RGB, 1: grayscale (default: the "
       "source's own; fashion-mnist 1, else 3)")
     a("--square", choices=("crop", "pad"), default="crop",
       help="non-square images: centre crop (default) or pad with --pad-color")
-    a("--filter", choices=("lanczos", "area"), default="lanczos",
-      help="downsampling filter: lanczos (Lanczos-3, default) or area (box average)")
+    a("--filter", choices=("box", "area", "lanczos"), default="box",
+      help="downsampling: box (default: Lanczos-3 to max-res, then each resolution the exact "
+           "2x2 mean of the next, so the fade-in of reals is exact), area (box average to "
+           "max-res, then the same pyramid) or lanczos (Lanczos-3 to every resolution)")
     a("--small", choices=("skip", "upscale"), help="images whose square side is below "
       "max-res: skip (default for folders/archives) or upscale (default for built-ins)")
     a("--labels", help="class labels: 'folders' (sub-folder names) or a .csv/.json file")
@@ -76,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify is not None:
+        from .verify import main_verify
+        return main_verify(args.verify)
+    if not args.source or not args.out:
+        parser.error("--source and --out are required (or --verify DIR)")
     opts = PrepOptions(source=args.source, out=args.out, max_res=args.max_res,
                        channels=args.channels, square=args.square, filter=args.filter,
                        small=args.small, background=args.background, pad_color=args.pad_color,

@@ -72,10 +72,38 @@ class Source:
         raise NotImplementedError
 
 
+# Archive members bigger than this, uncompressed as the archive declares it, are skipped: zip and
+# tar readers stop at the declared size, so this bounds what one member can expand to (a zip
+# bomb's 4 GB member is skipped unread); no image data_prep converts comes near it.
+MAX_MEMBER_BYTES = 512 << 20
+
+
+def unsafe_member(name: str, size: int, link: bool = False) -> Optional[Tuple[str, str]]:
+    """A skip reason for an archive member that must not be used, or None. Members are only
+    ever read into memory, never extracted, so nothing is written outside --out either way;
+    these are skipped so that a hostile archive cannot inject files by path tricks into a
+    later extraction or blow up memory."""
+    if link:
+        return ("unsafe", "a symbolic or hard link inside the archive (not followed)")
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        return ("unsafe", "an absolute path inside the archive")
+    if ".." in posix.split("/"):
+        return ("unsafe", "a path with '..' inside the archive")
+    if "\0" in name:
+        return ("unsafe", "a NUL character in the member name")
+    if size > MAX_MEMBER_BYTES:
+        return ("too-large", f"expands to {size} bytes, more than the {MAX_MEMBER_BYTES >> 20} "
+                             f"MiB an image member may have (archive bomb guard)")
+    if size < 0:
+        return ("unsafe", "a negative member size")
+    return None
+
+
 def _ignored(name: str) -> bool:
     """Hidden files and macOS archive metadata are not data; they are passed over silently."""
     parts = PurePosixPath(name).parts
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in parts)
 
 
 def _pre_skip(name: str, label: Optional[str], labels: Optional[LabelTable]):
@@ -157,8 +185,11 @@ class ZipSource(PathSource):
                 infos = zf.infolist()
         except (zipfile.BadZipFile, OSError) as e:
             raise PrepError(f"--source {self.path}: not a readable zip archive ({e})") from None
-        listing = [(info.filename, info.file_size,
-                    ("unreadable", "encrypted zip member") if info.flag_bits & 0x1 else None)
+        def skip(info):
+            link = (info.external_attr >> 16) & 0o170000 == 0o120000     # unix symlink mode
+            return unsafe_member(info.filename, info.file_size, link) or (
+                ("unreadable", "encrypted zip member") if info.flag_bits & 0x1 else None)
+        listing = [(info.filename, info.file_size, skip(info))
                    for info in sorted(infos, key=lambda i: i.filename)
                    if not info.is_dir() and not _ignored(info.filename)]
         return _with_labels(listing, self.labels)
@@ -198,8 +229,9 @@ class TarSource(PathSource):
                     "unreadable", f"archive damaged or truncated after this point ({m.message}); "
                                   f"later members were not read")))
                 break
-            listing.append((m.name, m.size, None if m.isfile() else
-                            ("not-image", "not a regular file")))
+            listing.append((m.name, m.size,
+                            unsafe_member(m.name, m.size, m.issym() or m.islnk()) or
+                            (None if m.isfile() else ("not-image", "not a regular file"))))
         return _with_labels(listing, self.labels)
 
     def work_items(self, entries, start):

@@ -34,6 +34,12 @@ from .tar_reader import expand_shards
 from .worker_pool import batch_stream, without_indices
 
 
+# Failed shard reads (damaged, truncated, mismatching dataset.json) a training worker skips with
+# a warning before it stops the run naming the shard: a resampled stream draws a bad shard again
+# and again, so a handful of skips already means the shard set needs fixing.
+SHARD_ERROR_BUDGET = 10
+
+
 @dataclass
 class ErrorBudget:
     """wds handler: warn and go on for up to `limit` failures (a flaky network read in a
@@ -59,11 +65,15 @@ class ErrorBudget:
 
 @dataclass(frozen=True)
 class ExpandShards:
-    """Shard URLs -> samples (tar_reader.expand_shards) with an error handler."""
+    """Shard URLs -> samples (tar_reader.expand_shards) with an error handler; shards that do
+    not match dataset.json's bytes / sha256 (`expected`, url -> (bytes, sha256)) count as
+    failures (tar_reader says what is checked where)."""
     handler: ErrorBudget
+    expected: Optional[Tuple[Tuple[str, int, str], ...]] = None
 
     def __call__(self, src):
-        return expand_shards(src, self.handler)
+        expected = {u: (n, h) for u, n, h in self.expected} if self.expected else None
+        return expand_shards(src, self.handler, expected)
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class ShardSet:
     channels: int
     ext: str                # png | jpg | webp
     labelled: bool
+    digests: Tuple[Tuple[str, int, str], ...] = ()     # (url, bytes, sha256) per shard
 
     @classmethod
     def of(cls, info: DatasetInfo, res: int, img_channels: Optional[int],
@@ -143,8 +154,11 @@ class ShardSet:
                                f"{info.channels} or prepare the data with --channels "
                                f"{img_channels}")
         urls = info.shard_urls(res)
-        return cls(tuple(urls if num_shards is None else urls[:num_shards]), res,
-                   info.channels, IMAGE_EXTS[info.image_formats[res]], info.num_classes > 0)
+        digests = tuple((u, s.num_bytes, s.sha256) for u, s in zip(urls, info.shards[res]))
+        if num_shards is not None:
+            urls, digests = urls[:num_shards], digests[:num_shards]
+        return cls(tuple(urls), res, info.channels, IMAGE_EXTS[info.image_formats[res]],
+                   info.num_classes > 0, digests)
 
     def decode(self):
         return wds.map(DecodeSample(self.res, self.channels, self.ext))
@@ -167,7 +181,7 @@ class TrainBatches:
         shard_seed = seed("shards")
         stages = [wds.ResampledShards(list(self.shards.urls), worker_seed=lambda: shard_seed,
                                       deterministic=True),
-                  ExpandShards(ErrorBudget(limit=10))]
+                  ExpandShards(ErrorBudget(limit=SHARD_ERROR_BUDGET), self.shards.digests)]
         if self.shuffle_buffer > 1:
             stages.append(SeededShuffle(self.shuffle_buffer, seed("shuffle")))
         stages.append(self.shards.decode())
@@ -234,7 +248,7 @@ class EpochBatches:
         split_by_shard = len(self.shards.urls) >= slots
         return iter(wds.DataPipeline(
             EpochShards(self.shards.urls, slot, slots, split_by_shard),
-            ExpandShards(ErrorBudget(limit=0)),
+            ExpandShards(ErrorBudget(limit=0), self.shards.digests),
             EpochSelect(slot, slots, self.num_images, split_by_shard),
             self.shards.decode(),
             SeededMirror(None),

@@ -16,12 +16,23 @@ per sample against 0.03 ms mapped, 7-9% of its decode time (benchmarks/data_stag
 holds page-cache pages the kernel can share and evict, not gigabytes of private copies
 (1000 samples of 2 MB per worker). Data_prep replaces shards by rename, never in place, so a
 mapped shard is not truncated under the reader.
+
+Verification against dataset.json (`expected`: url -> (bytes, sha256)). A local shard's size
+is compared with the recorded one when it is opened (free: one fstat), which catches a shard
+truncated or replaced before it is read; its full sha256 is checked by `python -m data_prep
+--verify DIR` (hashing every shard on every open would read each shard twice per worker). A
+shard truncated in place while it is mapped kills the reading worker with SIGBUS, which the
+trainer reports (worker_pool.py). A remote shard (http(s), pipe:) is hashed while it streams,
+and its samples are held back until the whole shard matched: a mismatching one yields nothing.
+That costs one shard of memory per worker (shards are 256 MB by default, data_prep
+--shard-mb); reading it twice over the network would cost more.
 """
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 from urllib.parse import urlparse
 
 import webdataset as wds
@@ -144,26 +155,69 @@ def _split(name: str) -> Tuple[str, str]:
     return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
 
 
-def expand_shards(src, handler=wds.reraise_exception) -> Iterator[dict]:
+class HashingReader:
+    """`read(n)` of a stream, hashing (sha256) and counting every byte it returns."""
+
+    def __init__(self, stream):
+        self.stream, self.sha, self.nbytes = stream, hashlib.sha256(), 0
+
+    def read(self, n: int):
+        data = self.stream.read(n)
+        self.sha.update(data)
+        self.nbytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_READ_BUFFER):
+            pass
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _samples(stream, url: str) -> Iterator[dict]:
+    sample: Optional[dict] = None
+    for name, data in tar_members(stream, url):
+        key, ext = _split(name)
+        if not ext:
+            continue
+        if sample is None or sample["__key__"] != key:
+            if sample is not None:
+                yield sample
+            sample = {"__key__": key, "__url__": url}
+        sample[ext] = data
+    if sample is not None:
+        yield sample
+
+
+def expand_shards(src, handler=wds.reraise_exception,
+                  expected: Optional[Dict[str, Tuple[int, str]]] = None) -> Iterator[dict]:
     """Pipeline stage: {"url": ...} -> samples, one dict per key. `handler(exn)` returning
-    True skips the rest of a failing shard (webdataset's handler convention)."""
+    True skips the rest of a failing shard (webdataset's handler convention). `expected`:
+    url -> (bytes, sha256) from dataset.json; shards that do not match raise ShardReadError
+    (see the module docstring for what is checked where)."""
     for item in src:
         url = item["url"]
         stream = None
         try:
             stream = open_shard(url)
-            sample: Optional[dict] = None
-            for name, data in tar_members(stream, url):
-                key, ext = _split(name)
-                if not ext:
-                    continue
-                if sample is None or sample["__key__"] != key:
-                    if sample is not None:
-                        yield sample
-                    sample = {"__key__": key, "__url__": url}
-                sample[ext] = data
-            if sample is not None:
-                yield sample
+            want = expected.get(url) if expected else None
+            if want is None:
+                yield from _samples(stream, url)
+            elif isinstance(stream, MappedShard):
+                if len(stream.view) != want[0]:
+                    raise ShardReadError(f"shard is {len(stream.view)} bytes but dataset.json "
+                                         f"records {want[0]} (truncated or replaced)", url)
+                yield from _samples(stream, url)
+            else:
+                stream = HashingReader(stream)
+                held = list(_samples(stream, url))
+                stream.drain()
+                if stream.nbytes != want[0] or stream.sha.hexdigest() != want[1]:
+                    raise ShardReadError(f"shard bytes do not match dataset.json ({stream.nbytes}"
+                                         f" bytes, sha256 {stream.sha.hexdigest()[:12]}..., "
+                                         f"recorded {want[0]} bytes, {want[1][:12]}...)", url)
+                yield from held
         except Exception as exn:
             if not exn.args or exn.args[-1] != url:
                 exn.args = exn.args + (url,)

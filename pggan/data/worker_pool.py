@@ -153,6 +153,9 @@ def _stop_workers(procs: list, conns: list) -> None:
 
 def _describe_exit(code: Optional[int]) -> str:
     if code is not None and code < 0:
+        if -code == signal.SIGBUS:
+            return ("killed by SIGBUS: a memory-mapped shard was truncated while it was read; "
+                    "run data_prep again or restore the shard")
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:

@@ -121,7 +121,7 @@ def test_damaged_shard_in_a_worker_is_the_same_one_line_error(tmp_path, labelled
     shard = copy / "res-0008" / "shard-000002.tar"
     shard.write_bytes(shard.read_bytes()[:700])
     with pytest.raises(DatasetError, match=r"shard-000002.tar: cannot read shard "
-                                           r"\(ShardReadError: unexpected end of data"):
+                                           r"\(ShardReadError: (unexpected end of data|shard is 700 bytes)"):
         list(make_epoch_stream(DataConfig(path=str(copy), num_workers=2), 8, batch_size=4,
                                rank=0, world_size=1))
 
