@@ -15,6 +15,7 @@ import torch
 
 from .config import ConfigError, ModelConfig, config_from_dict, Config
 from .files import atomic_write
+from .files import atomic_write
 from .nets import build_generator
 
 FORMAT = "pggan-snapshot"
@@ -28,7 +29,17 @@ class SnapshotError(ValueError):
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save to `path` via a temp file in the same directory + fsync + rename
     (pggan.files.atomic_write)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp):
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch's C++ writer reports a failed write (ENOSPC, EIO) as a RuntimeError.
+            import errno, os
+            st = os.statvfs(tmp.parent)
+            code = errno.ENOSPC if st.f_bavail * st.f_frsize < 1 << 20 else errno.EIO
+            raise OSError(code, f"{os.strerror(code)} ({str(e).splitlines()[0][:80]})",
+                          str(path)) from e
+    atomic_write(path, write)
 
 
 def save_snapshot(path, G_ema: torch.nn.Module, model_cfg: ModelConfig, res: int, alpha: float,
