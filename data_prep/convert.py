@@ -10,13 +10,15 @@ Steps, in order (each problem either converted, with a note, or skipped, with a 
               transparency (RGBA, LA, palette + tRNS) composited on --background
   square      centre crop (default) or pad with --pad-color to a square; a square side smaller
               than max_res is skipped (--small skip) or upscaled (--small upscale)
-  resize      square -> max_res with the chosen filter, then every lower resolution from the
-              max_res image:
-                lanczos: PIL's Lanczos-3 (windowed sinc, support widened by the scale factor, so
-                         it low-passes before decimating: no aliasing, sharpest result);
-                area:    PIL's BOX (area-weighted average) to max_res, then each lower
-                         resolution is the exact mean of its 2^k x 2^k block of the max_res
-                         image, rounded half up (the PGGAN-style box pyramid).
+  resize      square -> max_res, then every lower resolution:
+                box:     (default) PIL's Lanczos-3 to max_res, then each lower resolution the
+                         exact 2x2 mean of the one above, rounded half up in integers
+                         (pggan/data/pyramid.py): the box pyramid PGGAN's fade-in assumes, so
+                         at alpha = 0 D sees exactly the previous stage's reals;
+                area:    PIL's BOX (area-weighted average) to max_res, then the same pyramid;
+                lanczos: PIL's Lanczos-3 from the max_res image to every resolution (windowed
+                         sinc, low-passes before decimating: sharpest per level, but a level
+                         is not the 2x2 mean of the next, so the fade-in of reals is not exact).
   encode      PNG (lossless, default), JPEG (4:4:4 chroma) or WebP with a quality, per resolution
 """
 from __future__ import annotations
@@ -28,10 +30,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pggan.data.pyramid import box_pyramid_uint8
+
 FORMATS = ("png", "jpeg", "webp")
-FILTERS = {"lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
+# filter -> PIL resampling to max_res; box and area continue with the exact box pyramid.
+FILTERS = {"box": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX,
+           "lanczos": Image.Resampling.LANCZOS}
+PYRAMID_FILTERS = ("box", "area")
 
 
 class SkipImage(Exception):
@@ -56,7 +64,7 @@ class ConvertSettings:
     max_res: int
     channels: int = 3                               # 3: RGB, 1: L (grayscale)
     square: str = "crop"                            # crop | pad
-    filter: str = "lanczos"                         # lanczos | area
+    filter: str = "box"                             # box | area | lanczos
     small: str = "skip"                             # skip | upscale
     background: Tuple[int, int, int] = (255, 255, 255)   # under transparent pixels
     pad_color: Tuple[int, int, int] = (0, 0, 0)
@@ -177,15 +185,11 @@ def make_square(img: Image.Image, settings: ConvertSettings) -> Image.Image:
 
 
 def box_pyramid(top: np.ndarray, resolutions: List[int]) -> Dict[int, np.ndarray]:
-    """uint8 [R, R, C] -> {res: uint8 [res, res, C]}: exact block means, rounded half up."""
-    R = top.shape[0]
-    out = {}
-    t = top.astype(np.int64)
-    for res in resolutions:
-        f = R // res
-        block_sum = t.reshape(res, f, res, f, -1).sum(axis=(1, 3))          # [res, res, C]
-        out[res] = ((block_sum + (f * f) // 2) // (f * f)).astype(np.uint8)
-    return out
+    """uint8 [R, R, C] -> {res: uint8 [res, res, C]}: each level the exact 2x2 mean of the
+    one above, rounded half up (pggan.data.pyramid, the one rounding training uses too)."""
+    levels = box_pyramid_uint8(torch.from_numpy(np.array(top)).permute(2, 0, 1),
+                               resolutions)
+    return {res: np.ascontiguousarray(x.permute(1, 2, 0).numpy()) for res, x in levels.items()}
 
 
 def resize_all(square: Image.Image, settings: ConvertSettings) -> Dict[int, np.ndarray]:
@@ -193,7 +197,7 @@ def resize_all(square: Image.Image, settings: ConvertSettings) -> Dict[int, np.n
     R = settings.max_res
     resample = FILTERS[settings.filter]
     top = square if square.size[0] == R else square.resize((R, R), resample)
-    if settings.filter == "area":
+    if settings.filter in PYRAMID_FILTERS:
         arr = np.asarray(top)
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         return box_pyramid(arr, settings.resolutions)

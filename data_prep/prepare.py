@@ -42,7 +42,7 @@ class PrepOptions:
     max_res: Optional[int] = None           # None: the source's native default
     channels: Optional[int] = None          # None: the source's native default
     square: str = "crop"
-    filter: str = "lanczos"
+    filter: str = "box"
     small: Optional[str] = None             # None: skip (upscale for built-in sources)
     background: Tuple[int, int, int] = (255, 255, 255)
     pad_color: Tuple[int, int, int] = (0, 0, 0)
@@ -116,7 +116,7 @@ def resolve_settings(opts: PrepOptions, src: Source) -> ConvertSettings:
     if opts.square not in ("crop", "pad"):
         raise PrepError(f"--square must be crop or pad (got {opts.square})")
     if opts.filter not in FILTERS:
-        raise PrepError(f"--filter must be lanczos or area (got {opts.filter})")
+        raise PrepError(f"--filter must be one of {', '.join(FILTERS)} (got {opts.filter})")
     small = opts.small or src.default_small
     if small not in ("skip", "upscale"):
         raise PrepError(f"--small must be skip or upscale (got {small})")

@@ -29,6 +29,32 @@ class ConfigError(ValueError):
     """A configuration problem, worded as a one-line message for the user."""
 
 
+# Allowed values, listed once: validation, the CLI's help and the modules that dispatch on them
+# read these.
+LOSS_KINDS = ("wgan-gp", "logistic-r1", "r3gan", "lsgan", "hinge")
+
+
+@dataclass
+class Cosine:
+    """A hyper-parameter that follows a half cosine from `start` to `end` over the first
+    `kimg` thousand images of training, then stays at `end` (R3GAN, Huang et al. 2024, sec. 4:
+    lr, Adam beta2, gamma, the EMA half-life and the augmentation probability all ramp this
+    way). kimg 0 (the default): no ramp, the section's constant setting applies."""
+    start: float = 0.0
+    end: float = 0.0
+    kimg: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.kimg > 0
+
+    def at(self, cur_nimg: int) -> float:
+        """Value at `cur_nimg` images; pure. start at 0, (start + end) / 2 at kimg / 2, end
+        from kimg on."""
+        t = min(max(cur_nimg / (self.kimg * 1000.0), 0.0), 1.0)
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 # --------------------------------------------------------------------------------------------
 # Sections.
 
@@ -75,6 +101,9 @@ class ScheduleConfig:
     lr: float = 0.001
     lr_by_res: dict = field(default_factory=lambda: {128: 0.0015, 256: 0.002, 512: 0.003,
                                                      1024: 0.003})
+    # Cosine ramp of the base lr (replaces `lr`); a resolution's lr keeps its ratio to `lr`:
+    # lr(res, nimg) = lr_ramp(nimg) * lr_by_res.get(res, lr) / lr.
+    lr_ramp: Cosine = field(default_factory=Cosine)
 
 
 @dataclass
@@ -83,16 +112,21 @@ class OptimConfig:
     beta2: float = 0.99
     eps: float = 1e-8
     reset_on_grow: bool = True          # PGGAN reset Adam state at each new resolution
+    reset_on_stab: bool = False         # ... and where a fade ends and stabilisation begins (as
+                                        # PGGAN's official code did: at every lod change)
+    beta2_ramp: Cosine = field(default_factory=Cosine)    # replaces beta2 when kimg > 0
 
 
 @dataclass
 class LossConfig:
-    kind: str = "wgan-gp"               # wgan-gp | logistic-r1 | lsgan | hinge
+    kind: str = "wgan-gp"               # wgan-gp | logistic-r1 | r3gan | lsgan | hinge
     gp_lambda: float = 10.0
     gp_target: float = 1.0
     drift_eps: float = 0.001
-    r1_gamma: float = 10.0
-    r1_interval: int = 16               # lazy regularisation: R1 every N D steps (0: every step)
+    r1_gamma: float = 10.0              # logistic-r1: R1 weight; r3gan: gamma of R1 and R2
+    r1_interval: int = 16               # logistic-r1 lazy regularisation: R1 every N D steps
+                                        # (0: every step); r3gan always regularises every step
+    gamma_ramp: Cosine = field(default_factory=Cosine)    # replaces r1_gamma when kimg > 0
     acgan_weight: float = 1.0           # weight of the class loss when cond_d is acgan
     penalty_precision: str = "fp32"     # GP / R1 passes: fp32 | bf16 (autocast; the squared
                                         # norm stays fp32). fp32 until measured on a GPU
@@ -102,12 +136,16 @@ class LossConfig:
 class EMAConfig:
     ema_kimg: float = 10.0              # half-life of G_ema in thousands of images
     ema_rampup: Optional[float] = 0.05  # half-life <= cur_nimg * rampup early on; null: off
+    beta_per_step: Optional[float] = None   # a fixed decay per optimizer step instead of a
+                                        # half-life in images (PGGAN paper: 0.999)
+    ema_kimg_ramp: Cosine = field(default_factory=Cosine)  # replaces ema_kimg when kimg > 0
 
 
 @dataclass
 class AugmentConfig:
     mode: str = "off"                   # off | fixed | ada
     p: float = 0.0                      # initial / fixed probability
+    p_ramp: Cosine = field(default_factory=Cosine)   # mode fixed: p follows it when kimg > 0
     target: float = 0.6                 # ADA r_t target for E[sign(D(real))]
     ada_kimg: float = 500.0             # images for p to move by 1 at full speed
     interval: int = 4                   # D steps between p updates
@@ -124,6 +162,8 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     mirror: bool = True
+    synthetic_pyramid: str = "box"      # built-in source: box (render at max_res, exact 2x2
+                                        # means below: exact fade-in) | render (each res drawn)
 
 
 @dataclass
@@ -354,7 +394,25 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("schedule.batch_default must be >= 1 and batch_per_gpu_max >= 0")
     if s.lr <= 0:
         raise ConfigError(f"schedule.lr must be positive (got {s.lr})")
-    _choice(cfg.loss.kind, ("wgan-gp", "logistic-r1", "lsgan", "hinge"), "loss.kind")
+    _choice(cfg.loss.kind, LOSS_KINDS, "loss.kind")
+    # name -> (ramp, check of start/end, the range in words)
+    ramps = {"schedule.lr_ramp": (s.lr_ramp, lambda v: v > 0, "> 0"),
+             "optim.beta2_ramp": (cfg.optim.beta2_ramp, lambda v: 0 <= v < 1, "in [0, 1)"),
+             "loss.gamma_ramp": (cfg.loss.gamma_ramp, lambda v: v >= 0, ">= 0"),
+             "ema.ema_kimg_ramp": (cfg.ema.ema_kimg_ramp, lambda v: v >= 0, ">= 0"),
+             "augment.p_ramp": (cfg.augment.p_ramp, lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for name, (ramp, ok, words) in ramps.items():
+        if not (ramp.kimg >= 0 and math.isfinite(ramp.kimg)):
+            raise ConfigError(f"{name}.kimg must be a finite number >= 0 (got {ramp.kimg})")
+        for end in ("start", "end"):
+            v = getattr(ramp, end)
+            if ramp.active and not (math.isfinite(v) and ok(v)):
+                raise ConfigError(f"{name}.{end} must be {words} (got {v})")
+    if cfg.augment.p_ramp.active and cfg.augment.mode != "fixed":
+        raise ConfigError("augment.p_ramp needs augment.mode fixed (with ada, p follows D's "
+                          "overfitting instead)")
+    if cfg.ema.beta_per_step is not None and not 0.0 <= cfg.ema.beta_per_step < 1.0:
+        raise ConfigError(f"ema.beta_per_step must be in [0, 1) (got {cfg.ema.beta_per_step})")
     if cfg.loss.r1_interval < 0:
         raise ConfigError("loss.r1_interval must be >= 0")
     if not (0.0 <= cfg.optim.beta1 < 1.0 and 0.0 <= cfg.optim.beta2 < 1.0):
@@ -362,6 +420,7 @@ def validate(cfg: Config) -> Config:
     if cfg.ema.ema_kimg < 0:
         raise ConfigError("ema.ema_kimg must be >= 0")
     _choice(cfg.augment.mode, ("off", "fixed", "ada"), "augment.mode")
+    _choice(cfg.data.synthetic_pyramid, ("box", "render"), "data.synthetic_pyramid")
     if not 0.0 <= cfg.augment.p <= 1.0:
         raise ConfigError(f"augment.p must be in [0, 1] (got {cfg.augment.p})")
     if cfg.data.num_workers < 0 or cfg.data.shuffle_buffer < 0:
@@ -420,7 +479,7 @@ CLI_OVERRIDES = {
     "--seed": ("train.seed", int, "global seed; data order and noise derive from "
                                   "(seed, rank, cur_nimg)"),
     "--arch": ("model.arch", str, "pggan | stylegan"),
-    "--loss": ("loss.kind", str, "wgan-gp | logistic-r1 | lsgan | hinge"),
+    "--loss": ("loss.kind", str, " | ".join(LOSS_KINDS)),
     "--impl": ("model.impl", str, "fused ops: auto (Triton on CUDA) | ref | triton"),
     "--mixed-precision": ("train.mixed_precision", str, "auto (bf16 on GPU) | no | bf16"),
     "--engine": ("train.engine", str, "ddp (Accelerate) | deepspeed"),

@@ -5,6 +5,10 @@
                G: -D(fake)
   logistic-r1  D: softplus(D(fake)) + softplus(-D(real)),  R1 = gamma/2 * |grad_x D(real)|^2
                G: softplus(-D(fake))                (non-saturating; StyleGAN2, lazy R1)
+  r3gan        D: softplus(-(D(real) - D(fake))) + gamma/2 * (R1 + R2),
+                  R1 = |grad_x D(real)|^2, R2 = |grad_x D(fake)|^2, both on every D step
+               G: softplus(-(D(fake) - D(real)))    (relativistic pairing loss, RpGAN + R1 + R2;
+                                                    Huang et al., NeurIPS 2024, eq. 5-6)
   lsgan        D: ((D(real) - 1)^2 + D(fake)^2) / 2,  G: (D(fake) - 1)^2 / 2
   hinge        D: relu(1 - D(real)) + relu(1 + D(fake)),  G: -D(fake)
 
@@ -14,6 +18,13 @@ loss.acgan_weight (Odena et al. 2017, as in PGGAN's conditional runs).
 
 Gradient penalties run in float32 with autocast off: squared gradient norms lose too much in
 bfloat16.
+
+R3GAN pairs real image i with fake image i of the same micro-batch (row i of the reals with row i
+of the latents). The rows of a micro-batch are the same global rows whatever the number of
+processes (the loop assigns each rank its slice of the global batch), so 1 and N processes form
+the same pairs. D's scores are only defined up to a constant under this loss (it sees
+differences only), so ADA's overfitting signal for r3gan is sign(D(real) - D(fake)) of the
+pairs, not sign(D(real)).
 
 A training step is a list of `Phase`s (data, not branches): which network a phase updates, on
 which steps it runs and which terms it computes. Lazy R1 (StyleGAN2 sec. 4) is a `D_reg` phase
@@ -28,10 +39,8 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import LossConfig
+from .config import LOSS_KINDS, LossConfig
 from .logging import report
-
-LOSS_KINDS = ("wgan-gp", "logistic-r1", "lsgan", "hinge")
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,11 +57,18 @@ def d_adversarial(kind: str, real_scores: torch.Tensor, fake_scores: torch.Tenso
         return 0.5 * ((real_scores - 1.0).square() + fake_scores.square())
     if kind == "hinge":
         return F.relu(1.0 - real_scores) + F.relu(1.0 + fake_scores)
+    if kind == "r3gan":
+        return F.softplus(fake_scores - real_scores)          # softplus(-(real - fake))
     raise ValueError(f"loss.kind must be one of {', '.join(LOSS_KINDS)} (got {kind!r})")
 
 
-def g_adversarial(kind: str, fake_scores: torch.Tensor) -> torch.Tensor:
-    """-> [N] G loss per sample."""
+def g_adversarial(kind: str, fake_scores: torch.Tensor,
+                  real_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """-> [N] G loss per sample. `real_scores` (constant for G) only for r3gan's pairs."""
+    if kind == "r3gan":
+        if real_scores is None:
+            raise ValueError("g_adversarial: r3gan pairs each fake with a real score")
+        return F.softplus(real_scores - fake_scores)          # softplus(-(fake - real))
     if kind in ("wgan-gp", "hinge"):
         return -fake_scores
     if kind == "logistic-r1":
@@ -65,27 +81,56 @@ def g_adversarial(kind: str, fake_scores: torch.Tensor) -> torch.Tensor:
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]   # images [N, C, H, W] -> scores [N]
 
 
+def _penalty_autocast(device_type: str, precision: str):
+    """loss.penalty_precision -> the autocast context of a penalty's D passes: fp32 turns
+    autocast off; bf16 runs D's forward, the input gradient and (recorded in that graph) the
+    double backward in bfloat16. Only the squared norm needs fp32: it sums C x H x W squares."""
+    if precision == "fp32":
+        return torch.autocast(device_type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    raise ValueError(f"loss.penalty_precision must be fp32 or bf16 (got {precision!r})")
+
+
 def gradient_penalty(score_fn: ScoreFn, real: torch.Tensor, fake: torch.Tensor,
-                     eps: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+                     eps: torch.Tensor, target: float = 1.0,
+                     precision: str = "fp32") -> torch.Tensor:
     """WGAN-GP on x_hat = real + eps * (fake - real), eps [N, 1, 1, 1] in [0, 1):
     (|grad D(x_hat)|_2 - target)^2 / target^2 per sample, [N], float32, differentiable
-    (create_graph) so D's parameters get its gradient."""
-    with torch.autocast(real.device.type, enabled=False):
+    (create_graph) so D's parameters get its gradient. precision: that of D's passes
+    (fp32 | bf16); the squared norm is always summed in fp32."""
+    with _penalty_autocast(real.device.type, precision):
         x_hat = torch.lerp(real.float(), fake.float(), eps.float()).detach().requires_grad_(True)
         scores = score_fn(x_hat).float()
         (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-        norm = grad.flatten(1).norm(2, dim=1)                       # [N]
+    with torch.autocast(real.device.type, enabled=False):
+        norm = grad.float().flatten(1).norm(2, dim=1)               # [N], fp32
         return (norm - target).square() / (target ** 2)
 
 
-def r1_penalty(score_fn: ScoreFn, real: torch.Tensor) -> torch.Tensor:
+def r1_penalty(score_fn: ScoreFn, real: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """R1 (Mescheder et al. 2018): |grad_x D(real)|^2 per sample, [N], float32,
-    differentiable. Multiply by gamma / 2."""
-    with torch.autocast(real.device.type, enabled=False):
+    differentiable. Multiply by gamma / 2. precision: that of D's passes (fp32 | bf16);
+    the squared norm is always summed in fp32."""
+    with _penalty_autocast(real.device.type, precision):
         x = real.float().detach().requires_grad_(True)
         scores = score_fn(x).float()
         (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
-        return grad.square().flatten(1).sum(dim=1)
+    with torch.autocast(real.device.type, enabled=False):
+        return grad.float().square().flatten(1).sum(dim=1)          # [N], fp32
+
+
+def scores_and_grad_sq(run_D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    """One forward of D on `x` that serves both the adversarial term and a zero-centred
+    gradient penalty (R1 on reals, R2 on fakes): -> (D output [N, 1 (+K)] float32,
+    |grad_x D(x)[:, 0]|^2 per sample [N] float32), both differentiable w.r.t. D's parameters
+    (create_graph). Runs in float32 with autocast off, as the other penalties; saves the
+    separate penalty forward that r1_penalty needs."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float().detach().requires_grad_(True)
+        out = run_D(x).float()
+        (grad,) = torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)
+        return out, grad.square().flatten(1).sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,7 +161,9 @@ def d_optimizer_ratio(cfg: LossConfig) -> float:
 def make_phases(cfg: LossConfig) -> Tuple[Phase, ...]:
     """D phases first, then G (PGGAN alternates one D step and one G step)."""
     k = lazy_r1_interval(cfg)
-    if cfg.kind == "logistic-r1" and k == 0:
+    if cfg.kind == "r3gan":             # R1 and R2 ride on the adversarial forwards
+        d = (Phase("D_main", "D", 1, 1.0, adversarial=True, r1=False),)
+    elif cfg.kind == "logistic-r1" and k == 0:
         d = (Phase("D_both", "D", 1, 1.0, adversarial=True, r1=True),)
     elif k:
         d = (Phase("D_main", "D", 1, 1.0, adversarial=True, r1=False),
@@ -138,12 +185,16 @@ class MicroBatch:
     gp_eps: torch.Tensor                # [B, 1, 1, 1] WGAN-GP mixing weights in [0, 1)
     res: int
     alpha: float
+    gamma: Optional[float] = None       # R1 / R2 weight at this step (the schedule's; None:
+                                        # loss.r1_gamma)
 
 
 @dataclass
 class PhaseOutput:
     loss: torch.Tensor                  # scalar: mean over the micro-batch, times phase.gain
-    real_scores: Optional[torch.Tensor]  # [B] D(real) (detached) when computed, for ADA
+    real_scores: Optional[torch.Tensor]  # [B] D(real) (detached) when computed
+    ada_signal: Optional[torch.Tensor] = None   # [B] whose sign feeds ADA: D(real), or
+                                                # D(real) - D(fake) of the pairs for r3gan
 
 
 class GANLoss:
@@ -173,11 +224,16 @@ class GANLoss:
         autocast() -> the mixed-precision context for the networks' forward passes."""
         cfg = self.cfg
         c = mb.real_c                                               # fakes use the reals' labels
+        gamma = cfg.r1_gamma if mb.gamma is None else mb.gamma
         if phase.net == "G":
+            real_scores = None
             with autocast():
+                if cfg.kind == "r3gan":                             # D(real): a constant for G
+                    with torch.no_grad():
+                        real_scores = self._split(run_D(mb.real, c, mb.alpha))[0]
                 fake = G(mb.z, c, mb.res, mb.alpha)
                 scores, logits = self._split(run_D(fake, c, mb.alpha))
-            g_adv = g_adversarial(cfg.kind, scores)
+            g_adv = g_adversarial(cfg.kind, scores, real_scores)
             report("Loss/G/adv", g_adv)
             report("Scores/fake_G", scores)
             total = g_adv + self._class_loss(logits, c, "G")
@@ -186,7 +242,27 @@ class GANLoss:
 
         terms = torch.zeros(mb.real.shape[0], device=mb.real.device)   # [B] float32
         real_scores = None
-        if phase.adversarial:
+        ada_signal = None
+        if phase.adversarial and cfg.kind == "r3gan":
+            with torch.no_grad(), autocast():
+                fake = G(mb.z, c, mb.res, mb.alpha)
+            run = lambda x: run_D(x, c, mb.alpha)                  # noqa: E731
+            real_out, r1 = scores_and_grad_sq(run, mb.real)
+            fake_out, r2 = scores_and_grad_sq(run, fake)
+            real_scores, real_logits = self._split(real_out)
+            fake_scores, fake_logits = self._split(fake_out)
+            d_adv = d_adversarial(cfg.kind, real_scores, fake_scores)
+            report("Loss/D/adv", d_adv)
+            report("Scores/real", real_scores)
+            report("Scores/fake", fake_scores)
+            report("Loss/D/r1", r1)
+            report("Loss/D/r2", r2)
+            terms = terms + d_adv + (gamma / 2) * (r1 + r2) \
+                + self._class_loss(real_logits, c, "D_real") \
+                + self._class_loss(fake_logits, c, "D_fake")
+            ada_signal = (real_scores - fake_scores).detach()
+            real_scores = real_scores.detach()
+        elif phase.adversarial:
             with torch.no_grad(), autocast():
                 fake = G(mb.z, c, mb.res, mb.alpha)
             with autocast():
@@ -204,13 +280,16 @@ class GANLoss:
                 report("Loss/D/drift", drift)
                 terms = terms + cfg.drift_eps * drift
                 score_fn = lambda x: run_D(x, c, mb.alpha)[:, 0]   # noqa: E731
-                gp = gradient_penalty(score_fn, mb.real, fake, mb.gp_eps, cfg.gp_target)
+                gp = gradient_penalty(score_fn, mb.real, fake, mb.gp_eps, cfg.gp_target,
+                                      cfg.penalty_precision)
                 report("Loss/D/gp", gp)
                 terms = terms + cfg.gp_lambda * gp
             real_scores = real_scores.detach()
+            ada_signal = real_scores
         if phase.r1:
-            r1 = r1_penalty(lambda x: run_D(x, c, mb.alpha)[:, 0], mb.real)
+            r1 = r1_penalty(lambda x: run_D(x, c, mb.alpha)[:, 0], mb.real,
+                            cfg.penalty_precision)
             report("Loss/D/r1", r1)
-            terms = terms + (cfg.r1_gamma / 2) * r1
+            terms = terms + (gamma / 2) * r1
         report(f"Loss/{phase.name}/total", terms)
-        return PhaseOutput(terms.mean() * phase.gain, real_scores)
+        return PhaseOutput(terms.mean() * phase.gain, real_scores, ada_signal)

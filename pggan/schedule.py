@@ -12,6 +12,14 @@ else the loop needs at a given `cur_nimg` comes from here too: the global miniba
 resolution (`batch_by_res`), its split into per-GPU micro-batches (capped by
 `batch_per_gpu_by_res` / `batch_per_gpu_max`, the rest reached by gradient accumulation) and
 the learning rate (`lr_by_res`). A resumed run restores `cur_nimg` and gets the same answers.
+
+The hyper-parameters that R3GAN (Huang et al. 2024) ramps are answered here too, each a
+`config.Cosine` of the global `cur_nimg` when its ramp is set (`kimg > 0`) and the constant
+setting otherwise: the base lr (`schedule.lr_ramp`), Adam's beta2 (`optim.beta2_ramp`), the
+R1/R2 weight gamma (`loss.gamma_ramp`), the EMA half-life (`ema.ema_kimg_ramp`) and, with
+`augment.mode fixed`, the augmentation probability (`augment.p_ramp`). The ramps run over
+images shown, across stages: a new resolution still starts with its fade-in, with whatever
+lr / gamma the ramp has reached.
 """
 from __future__ import annotations
 
@@ -58,7 +66,20 @@ class SchedulePoint:
     batch_per_gpu: int      # images per process per forward/backward (micro-batch)
     accum_rounds: int       # micro-batches per process per step: batch_per_gpu * rounds *
                             # world_size == batch
-    lr: float
+    lr: float               # this resolution's learning rate at cur_nimg (ramped when set)
+    beta2: float            # Adam beta2
+    gamma: float            # R1 (logistic-r1) / R1 + R2 (r3gan) weight
+    ema_kimg: float         # G_ema half-life, thousands of images (before its ramp-up)
+    augment_p: Optional[float]  # augmentation probability when fixed; None: ADA decides
+
+
+def fade_ended_before(point: SchedulePoint) -> bool:
+    """True for the first step of a stage's stabilisation: the step before it (within the
+    stage, the same batch earlier) was still fading. Pure in (cur_nimg, config), so an
+    uninterrupted and a resumed run reset Adam on the same step (optim.reset_on_stab)."""
+    prev = point.cur_nimg - point.batch
+    return (point.phase == "stab" and point.fade_end_nimg > point.stage_start_nimg
+            and point.stage_start_nimg <= prev < point.fade_end_nimg)
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -137,9 +158,24 @@ class ResolutionSchedule:
         batch_per_gpu = _largest_divisor_at_most(per_process, cap)
         return batch, batch_per_gpu, per_process // batch_per_gpu
 
-    def lr_of(self, res: int) -> float:
+    def lr_of(self, res: int, cur_nimg: int = 0) -> float:
         s = self.cfg.schedule
-        return float(s.lr_by_res.get(res, s.lr))
+        lr = float(s.lr_by_res.get(res, s.lr))
+        return lr * s.lr_ramp.at(cur_nimg) / s.lr if s.lr_ramp.active else lr
+
+    def hyper_at(self, cur_nimg: int) -> dict:
+        """The ramped (or constant) beta2, gamma, ema_kimg and augment_p at `cur_nimg`."""
+        c = self.cfg
+
+        def ramped(ramp, constant: float) -> float:
+            return float(ramp.at(cur_nimg)) if ramp.active else float(constant)
+        p = None
+        if c.augment.mode == "fixed":
+            p = ramped(c.augment.p_ramp, c.augment.p)
+        return {"beta2": ramped(c.optim.beta2_ramp, c.optim.beta2),
+                "gamma": ramped(c.loss.gamma_ramp, c.loss.r1_gamma),
+                "ema_kimg": ramped(c.ema.ema_kimg_ramp, c.ema.ema_kimg),
+                "augment_p": p}
 
     # ---- the answer ----------------------------------------------------------------------
 
@@ -158,7 +194,7 @@ class ResolutionSchedule:
                              fade_end_nimg=st.fade_end_nimg,
                              stage_end_nimg=min(st.end_nimg, self.total_nimg),
                              batch=batch, batch_per_gpu=batch_per_gpu, accum_rounds=rounds,
-                             lr=self.lr_of(st.res))
+                             lr=self.lr_of(st.res, cur_nimg), **self.hyper_at(cur_nimg))
 
     def describe(self) -> List[str]:
         """One line per reached stage, for the start of a run's log."""
@@ -169,5 +205,5 @@ class ResolutionSchedule:
             lines.append(f"{st.res:>4}x{st.res:<4} kimg {st.start_nimg / 1000:9.1f} .. "
                          f"{end / 1000:9.1f}  fade {st.fade_nimg / 1000:7.1f} kimg  batch "
                          f"{batch} = {self.world_size} x {per_gpu} x {rounds}  "
-                         f"lr {self.lr_of(st.res):g}")
+                         f"lr {self.lr_of(st.res, st.start_nimg):g}")
         return lines

@@ -1,14 +1,21 @@
 """Real images on the device: uint8 batch -> float [-1, 1] with the PGGAN fade-in blend.
 
 The loader keeps images as uint8 on the CPU (4x less to copy than float32); the conversion and
-the fade-in blend (pggan.ops.fade_reals: lerp(nearest_up(box_down(x)), x, alpha)) run on the
-device after the copy.
+the fade-in blend run on the device after the copy:
+
+    x_faded = lerp(nearest_up(box_down_uint8(x)), x, alpha)       (pggan.ops.fade_in)
+
+The low-pass term is formed in uint8 with the pyramid's own rounding (pggan/data/pyramid.py),
+so at alpha = 0 what D sees after its 2x2 box down is bit for bit the previous stage's reals
+when the dataset is a box pyramid (data_prep's default, and the synthetic source's).
 """
 from __future__ import annotations
 
 import torch
 
-from pggan.ops.fade_in import fade_reals
+from pggan.ops import fade_in, upsample2d
+
+from .pyramid import box_down_uint8
 
 
 def prepare_reals(images_uint8: torch.Tensor, alpha: float, device, channels_last: bool = False,
@@ -22,9 +29,16 @@ def prepare_reals(images_uint8: torch.Tensor, alpha: float, device, channels_las
         raise ValueError(f"prepare_reals: alpha must be in [0, 1] (got {alpha})")
     device = torch.device(device)
     non_blocking = device.type == "cuda" and images_uint8.is_pinned()
-    x = images_uint8.to(device, non_blocking=non_blocking)
+    x8 = images_uint8.to(device, non_blocking=non_blocking)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    # x / 127.5 - 1 maps 0 -> -1 and 255 -> +1 exactly (x * (2/255) would give 1 + 1 ulp).
-    x = x.to(dtype).div_(127.5).sub_(1.0).contiguous(memory_format=fmt)
-    x = fade_reals(x, float(alpha), impl=impl)
+    x = to_unit_range(x8, dtype).contiguous(memory_format=fmt)
+    if float(alpha) < 1.0:
+        low = upsample2d(to_unit_range(box_down_uint8(x8), dtype), mode="nearest")
+        x = fade_in(low.contiguous(memory_format=fmt), x, float(alpha), impl=impl)
     return x.contiguous(memory_format=fmt)
+
+
+def to_unit_range(x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 -> `dtype` in [-1, 1]. x / 127.5 - 1 maps 0 -> -1 and 255 -> +1 exactly
+    (x * (2/255) would give 1 + 1 ulp)."""
+    return x_uint8.to(dtype).div_(127.5).sub_(1.0)

@@ -17,6 +17,11 @@ from .shard_stream import shard_epoch_stream, shard_train_stream
 from .synthetic_stream import synthetic_epoch_stream, synthetic_train_stream
 
 
+def synthetic_top(data_cfg: DataConfig, top_res: Optional[int]) -> Optional[int]:
+    """The synthetic source's pyramid top: `top_res` with data.synthetic_pyramid box."""
+    return top_res if data_cfg.synthetic_pyramid == "box" else None
+
+
 def _check_common(res: int, batch: int, rank: int, world_size: int) -> None:
     if res < 4 or res & (res - 1):
         raise DatasetError(f"data stream: resolution must be a power of two >= 4 (got {res})")
@@ -28,12 +33,14 @@ def _check_common(res: int, batch: int, rank: int, world_size: int) -> None:
 
 def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, seed: int,
                       rank: int, world_size: int, start_nimg: int, img_channels: int,
-                      pin_memory: bool = False) -> Iterator:
+                      pin_memory: bool = False, top_res: Optional[int] = None) -> Iterator:
     """Infinite iterator of (images uint8 [B, C, res, res] CPU, labels int64 [B] or None).
 
     Synthetic source: the images of global positions start_nimg + k * world_size * B +
     rank * B + [0, B) at micro-step k, so 1 and N processes see the same global batch.
     Shards: a resampled, shuffled webdataset stream seeded from (seed, rank, worker, start_nimg).
+    `top_res`: the run's max_res; the synthetic source's box pyramid starts there (with
+    data.synthetic_pyramid box). Shard sets carry their pyramid already.
     """
     _check_common(res, batch_per_gpu, rank, world_size)
     if start_nimg < 0:
@@ -42,7 +49,8 @@ def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, see
         return synthetic_train_stream(res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
                                       world_size=world_size, start_nimg=start_nimg,
                                       img_channels=img_channels, mirror=data_cfg.mirror,
-                                      num_workers=data_cfg.num_workers, pin_memory=pin_memory)
+                                      num_workers=data_cfg.num_workers, pin_memory=pin_memory,
+                                      top_res=synthetic_top(data_cfg, top_res))
     info = load_dataset_info(data_cfg.path)
     return shard_train_stream(info, res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
                               start_nimg=start_nimg, img_channels=img_channels,
@@ -53,7 +61,7 @@ def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, see
 def make_epoch_stream(data_cfg: DataConfig, res: int, *, batch_size: int, rank: int,
                       world_size: int, img_channels: Optional[int] = None,
                       num_images: Optional[int] = None, seed: int = 0,
-                      with_index: bool = False) -> Iterator:
+                      with_index: bool = False, top_res: Optional[int] = None) -> Iterator:
     """Finite iterator of (images uint8 [<=B, C, res, res], labels int64 [<=B] or None): each of
     the first `num_images` images of the dataset exactly once over all ranks x workers,
     unmirrored (metrics' real statistics). Per-rank counts may differ by the remainder.
@@ -68,7 +76,8 @@ def make_epoch_stream(data_cfg: DataConfig, res: int, *, batch_size: int, rank: 
         return synthetic_epoch_stream(res, num_images=num_images, batch_size=batch_size,
                                       seed=seed, rank=rank, world_size=world_size,
                                       img_channels=3 if img_channels is None else img_channels,
-                                      with_index=with_index)
+                                      with_index=with_index,
+                                      top_res=synthetic_top(data_cfg, top_res))
     info = load_dataset_info(data_cfg.path)
     return shard_epoch_stream(info, res, batch_size=batch_size, rank=rank,
                               world_size=world_size, img_channels=img_channels,

@@ -5,6 +5,11 @@ run see the same global batch and a resumed run sees exactly what the uninterrup
 micro-step k covers global positions p = start_nimg + k * world_size * batch_per_gpu and rank r
 takes positions [p + r * B, p + (r + 1) * B). The mirror flip of a position is a hash of
 (seed, position) as well.
+
+`top_res` (the run's max_res with data.synthetic_pyramid box, the default): every resolution is
+rendered at top_res and box-averaged down (pggan/data/pyramid.py), so the reals of one stage
+are exactly the 2x2 means of the next stage's, as a box-pyramid dataset's are. None: each
+resolution is drawn directly (anti-aliased edges at that resolution).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from .pyramid import box_pyramid_uint8
 from .synthetic import hash_uniform, synthetic_images
 from .worker_pool import batch_stream, without_indices
 
@@ -29,10 +35,19 @@ def synthetic_mirror_flags(positions: torch.Tensor, seed: int) -> torch.Tensor:
     return hash_uniform(seed, positions, _MIRROR_PARAM + 1)[:, _MIRROR_PARAM] < 0.5
 
 
+def synthetic_pyramid_images(positions: torch.Tensor, res: int, channels: int, seed: int,
+                             top_res: Optional[int] = None) -> torch.Tensor:
+    """Images at `positions` -> uint8 [N, channels, res, res]: rendered at top_res and
+    box-averaged down to res when top_res > res, else rendered at res."""
+    if top_res is None or top_res <= res:
+        return synthetic_images(positions, res, channels, seed)
+    return box_pyramid_uint8(synthetic_images(positions, top_res, channels, seed), [res])[res]
+
+
 def synthetic_batch(positions: torch.Tensor, res: int, channels: int, seed: int,
-                    mirror: bool) -> torch.Tensor:
+                    mirror: bool, top_res: Optional[int] = None) -> torch.Tensor:
     """Images at global `positions` ([N] int64) -> uint8 [N, channels, res, res]."""
-    images = synthetic_images(positions, res, channels, seed)
+    images = synthetic_pyramid_images(positions, res, channels, seed, top_res)
     if mirror:
         flip = synthetic_mirror_flags(positions, seed)
         images[flip] = images[flip].flip(-1)
@@ -67,13 +82,15 @@ class SyntheticSteps:
     start_nimg: int
     img_channels: int
     mirror: bool
+    top_res: Optional[int] = None
 
     def batch(self, k: int) -> torch.Tensor:
         """uint8 [B, C, res, res]: micro-step k of this rank."""
         step_nimg = self.world_size * self.batch_per_gpu      # images per micro-step, all ranks
         first = self.start_nimg + k * step_nimg + self.rank * self.batch_per_gpu
         positions = first + torch.arange(self.batch_per_gpu, dtype=torch.int64)
-        return synthetic_batch(positions, self.res, self.img_channels, self.seed, self.mirror)
+        return synthetic_batch(positions, self.res, self.img_channels, self.seed, self.mirror,
+                               self.top_res)
 
     def __call__(self, worker: int, num_workers: int) -> Iterator[RenderedBatch]:
         k = worker
@@ -85,22 +102,24 @@ class SyntheticSteps:
 
 def synthetic_train_stream(res: int, *, batch_per_gpu: int, seed: int, rank: int,
                            world_size: int, start_nimg: int, img_channels: int, mirror: bool,
-                           num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+                           num_workers: int = 0, pin_memory: bool = False,
+                           top_res: Optional[int] = None) -> Iterator[Batch]:
     """Infinite stream of (uint8 [B, C, res, res], None) for rank `rank` of `world_size`,
     rendered in `num_workers` worker processes (0: in this process)."""
     steps = SyntheticSteps(res, batch_per_gpu, seed, rank, world_size, start_nimg,
-                           img_channels, mirror)
+                           img_channels, mirror, top_res)
     return without_indices(batch_stream(steps, num_workers, batch_per_gpu,
                                         (res, res, img_channels), pin_memory=pin_memory))
 
 
 def synthetic_epoch_stream(res: int, *, num_images: int, batch_size: int, seed: int, rank: int,
                            world_size: int, img_channels: int,
-                           with_index: bool = False) -> Iterator[Batch]:
+                           with_index: bool = False,
+                           top_res: Optional[int] = None) -> Iterator[Batch]:
     """Positions 0 .. num_images-1, each exactly once over all ranks (rank r: p % world == r),
     unmirrored, in batches of up to `batch_size`; with_index adds the positions."""
     positions = torch.arange(rank, num_images, world_size, dtype=torch.int64)
     for i in range(0, positions.numel(), batch_size):
         pos = positions[i:i + batch_size]
-        images = synthetic_images(pos, res, img_channels, seed)
+        images = synthetic_pyramid_images(pos, res, img_channels, seed, top_res)
         yield (images, None, pos) if with_index else (images, None)

@@ -118,11 +118,14 @@ def generate(G: torch.nn.Module, indices: torch.Tensor, *, res: int, alpha: floa
 # Real images.
 
 
-def dataset_identity(data_cfg: DataConfig, res: int, channels: int, data_seed: int) -> dict:
+def dataset_identity(data_cfg: DataConfig, res: int, channels: int, data_seed: int,
+                     top_res: Optional[int] = None) -> dict:
     """What the real images are, for the feature cache key: the shard checksums of `res`, or
-    the synthetic source's seed."""
+    the synthetic source's seed and pyramid top."""
     if data_cfg.path is None:
-        return {"source": "synthetic", "seed": int(data_seed), "channels": int(channels)}
+        from pggan.data.stream import synthetic_top
+        return {"source": "synthetic", "seed": int(data_seed), "channels": int(channels),
+                "top_res": synthetic_top(data_cfg, top_res)}
     from pggan.data.stream import load_dataset_info
     info = load_dataset_info(data_cfg.path)
     info.check_resolution(res)
@@ -142,14 +145,17 @@ def real_image_count(data_cfg: DataConfig, res: int) -> Tuple[Optional[int], Opt
 
 def real_batches(data_cfg: DataConfig, *, res: int, alpha: float, num_images: int,
                  channels: int, device: torch.device, batch_size: int, rank: int,
-                 world_size: int, data_seed: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+                 world_size: int, data_seed: int, top_res: Optional[int] = None
+                 ) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 [B, C, res, res] on device, global indices [B]): this rank's share of the
-    first `num_images` real images, faded by `alpha` like the discriminator's input."""
+    first `num_images` real images, faded by `alpha` like the discriminator's input.
+    `top_res`: the generator's max_res (where the synthetic source's pyramid starts)."""
     from pggan.data.reals import prepare_reals
     from pggan.data.stream import make_epoch_stream
     stream = make_epoch_stream(data_cfg, res, batch_size=batch_size, rank=rank,
                                world_size=world_size, img_channels=channels,
-                               num_images=num_images, seed=data_seed, with_index=True)
+                               num_images=num_images, seed=data_seed, with_index=True,
+                               top_res=top_res)
     for images, _labels, index in stream:
         if alpha >= 1.0:
             yield images.to(device), index
@@ -194,6 +200,7 @@ def compute_metrics(names: Sequence[str], G_ema: torch.nn.Module, *, res: int,
     if num_classes is None:
         num_classes = int(getattr(G_ema, "num_classes", 0) or 0)
     g_channels = getattr(G_ema, "img_channels", None) or G_ema.cfg.img_channels
+    top_res = getattr(G_ema, "max_res", None)       # the synthetic pyramid's top
 
     weights = None
     if any(n in INCEPTION_METRICS for n in names):
@@ -228,7 +235,8 @@ def compute_metrics(names: Sequence[str], G_ema: torch.nn.Module, *, res: int,
         inception = InceptionFeatures(weights, device, batch_size=batch_size)
         if cache_dir is not None and alpha >= 1.0:
             cache_key = {"version": FEATURES_VERSION, "weights_sha256": inception.sha256,
-                         "dataset": dataset_identity(data_cfg, res, g_channels, data_seed),
+                         "dataset": dataset_identity(data_cfg, res, g_channels, data_seed,
+                                                     top_res),
                          "res": int(res), "alpha": 1.0, "num_images": n}
             if rank == 0:
                 real_feats = load_cached_features(cache_dir, cache_key)
@@ -241,7 +249,8 @@ def compute_metrics(names: Sequence[str], G_ema: torch.nn.Module, *, res: int,
         for images, index in real_batches(data_cfg, res=res, alpha=alpha, num_images=n,
                                           channels=g_channels, device=device,
                                           batch_size=batch_size, rank=rank,
-                                          world_size=world_size, data_seed=data_seed):
+                                          world_size=world_size, data_seed=data_seed,
+                                          top_res=top_res):
             if swd is not None:
                 swd.add("real", images, index)
             if need_real_feats:

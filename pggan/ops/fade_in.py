@@ -1,7 +1,7 @@
 """Alpha fade-in (PGGAN sec. 3): out = lerp(old, new, alpha) = old + alpha * (new - old).
 
 At alpha = 0 the result is exactly `old` (the smaller network's output), at alpha = 1 exactly
-`new`. `fade_reals` blends real images the same way the generator's output is blended.
+`new`. Real images are blended the same way (pggan/data/reals.py).
 
 Triton path: one elementwise kernel with torch.lerp's formula (old + a (new - old) for
 |a| < 0.5, new - (new - old)(1 - a) otherwise, so both endpoints stay exact). The backward,
@@ -15,7 +15,6 @@ import torch
 from ._dispatch import resolve_impl
 from ._triton_utils import (acc_dtype, block_1d, check_dtypes, dense, device_guard, grid_1d, jit,
                             like_layout, num_warps, round_to, tl, tl_dtype, triton_supports)
-from .resample import downsample2d, upsample2d
 
 
 def fade_in_ref(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -140,11 +139,3 @@ def fade_in(old: torch.Tensor, new: torch.Tensor, alpha: float, impl: str = "aut
     if old.shape != new.shape:
         raise ValueError(f"fade_in: shapes differ {tuple(old.shape)} vs {tuple(new.shape)}")
     return _FadeIn.apply(old, new, float(alpha))
-
-
-def fade_reals(x: torch.Tensor, alpha: float, impl: str = "auto") -> torch.Tensor:
-    """Real images during a fade-in: lerp(nearest_up(box_down(x)), x, alpha).  # [N, C, H, W]"""
-    if alpha >= 1.0:
-        return x
-    low = upsample2d(downsample2d(x, mode="box"), mode="nearest")
-    return fade_in(low, x, alpha, impl=impl)

@@ -7,6 +7,10 @@ G_ema is what snapshots, image grids and metrics use. Its half-life is given in 
     ema_nimg = min(ema_kimg * 1000, cur_nimg * ema_rampup)   while ramping up (rampup set)
 
 so early in training, when G changes fast, G_ema follows it closely (beta = 0 at cur_nimg 0).
+`ema.beta_per_step` replaces this with a fixed decay per optimizer step, as the PGGAN paper did
+(0.999, Karras et al. 2018 sec. A.1): a half-life of 693 steps, i.e. more images at the large
+low-resolution batches than at the small high-resolution ones. The half-life itself may follow
+a cosine ramp (ema.ema_kimg_ramp, R3GAN); the loop passes the schedule's value.
 Only the parameters of the active stage are averaged (blocks that do not train do not change,
 so averaging them is wasted work that grows with max_res); buffers (e.g. StyleGAN's w_avg) are
 copied.
@@ -20,8 +24,11 @@ import torch
 import torch.nn as nn
 
 
-def ema_beta(cur_nimg: int, batch: int, ema_kimg: float, ema_rampup: Optional[float]) -> float:
+def ema_beta(cur_nimg: int, batch: int, ema_kimg: float, ema_rampup: Optional[float],
+             beta_per_step: Optional[float] = None) -> float:
     """Per-step decay for a step of `batch` images taken at `cur_nimg`."""
+    if beta_per_step is not None:
+        return float(beta_per_step)
     ema_nimg = ema_kimg * 1000.0
     if ema_rampup is not None:
         ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)

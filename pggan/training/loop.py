@@ -45,7 +45,7 @@ from ..data.stream import make_train_stream
 from ..logging import Collector, RunLog, format_duration, image_grid, save_png
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
-from ..schedule import ResolutionSchedule, SchedulePoint
+from ..schedule import ResolutionSchedule, SchedulePoint, fade_ended_before
 from ..snapshot import save_snapshot
 from .checkpoint import (CheckpointError, check_model_compatible, checkpoint_dir,
                          load_module_state, optimizer_state_by_name, save_training_state)
@@ -118,9 +118,17 @@ class Trainer:
         self.D = build_discriminator(m).to(self.device).train()
         engine.broadcast_module_(self.G)
         engine.broadcast_module_(self.D)
-        if cfg.train.channels_last:
+        # NHWC on CUDA unless told otherwise (train.channels_last null): cuDNN's bf16 / TF32
+        # convs run natively in NHWC, and no op of the networks drops the layout.
+        self.channels_last = cfg.train.channels_last if cfg.train.channels_last is not None \
+            else self.device.type == "cuda"
+        if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            # A stage's shapes are fixed: cuDNN times its algorithms once per shape and keeps
+            # the fastest (a process-wide torch setting; training owns its process).
+            torch.backends.cudnn.benchmark = True
         self.G_ema = make_ema(self.G)
         self.nets = {"G": self.G, "D": self.D}
 
@@ -345,20 +353,26 @@ class Trainer:
 
     def enter_stage(self, point: SchedulePoint) -> bool:
         """On a new resolution: reset optimizers (PGGAN), drop the stream, pick the active
-        parameters. -> True when a stage starts here."""
+        parameters. Where a fade ends: reset optimizers when optim.reset_on_stab.
+        -> True when a stage starts here."""
         new = point.res != self.active_res
         if new:
             if self.active_res is not None and self.cfg.optim.reset_on_grow:
-                for opt in self.opt.values():
-                    opt.state.clear()
+                self._reset_optimizers()
             self.active_res = point.res
             self.stream = None
+        elif self.cfg.optim.reset_on_stab and fade_ended_before(point):
+            self._reset_optimizers()
         if new or not self.active_params:
             self.active_params = {
                 name: [p for mod in net.stage_modules(point.res) for p in mod.parameters()]
                 for name, net in self.nets.items()}
             self.ema_modules = module_names(self.G, self.G.stage_modules(point.res))
         return new
+
+    def _reset_optimizers(self) -> None:
+        for opt in self.opt.values():
+            opt.state.clear()
 
     def _agree_to_go_on(self, data_error: Optional[BaseException]) -> bool:
         """One small all-reduce per step, after the data fetch and before anything changes:
@@ -388,6 +402,8 @@ class Trainer:
         B, rounds, world = point.batch_per_gpu, point.accum_rounds, eng.world_size
         # Randomness inside modules (StyleGAN noise and style mixing, augmentation).
         torch.manual_seed(derive_seed(cfg.train.seed, eng.rank, self.cur_nimg, "modules"))
+        if point.augment_p is not None and self.augment is not None:
+            self.augment.p = point.augment_p            # augment.mode fixed (+ p_ramp)
         draws = self._draws(point)
         micro = []                      # this rank's micro-batches and their global rows
         data_error = None
@@ -418,24 +434,27 @@ class Trainer:
             for real, c, rows in micro:
                 mb = MicroBatch(real=real, real_c=c, z=z[rows].to(self.device),
                                 gp_eps=draws["gp_eps"][rows].to(self.device),
-                                res=point.res, alpha=point.alpha)
+                                res=point.res, alpha=point.alpha, gamma=point.gamma)
                 out = self.loss.phase_loss(phase, mb, self._run_G, self._run_D, eng.autocast)
                 (out.loss / rounds).backward()
-                if out.real_scores is not None and self.augment is not None:
-                    self.ada_accum[0] += out.real_scores.sign().sum().to(torch.float64)
-                    self.ada_accum[1] += out.real_scores.numel()
+                if out.ada_signal is not None and self.augment is not None:
+                    self.ada_accum[0] += out.ada_signal.sign().sum().to(torch.float64)
+                    self.ada_accum[1] += out.ada_signal.numel()
             params = [p for p in self.active_params[phase.net] if p.grad is not None]
             self._poison_grads_if_nonfinite(out.loss, params)
             eng.sync_grads(params)
             if self._skip_nonfinite(phase, point, params):
                 return
+            c_lazy = self.lr_mult[phase.net]            # lazy R1: lr * c, betas ** c
             for group in opt.param_groups:
-                group["lr"] = point.lr * self.lr_mult[phase.net]
+                group["lr"] = point.lr * c_lazy
+                group["betas"] = (cfg.optim.beta1 ** c_lazy, point.beta2 ** c_lazy)
             opt.step()
         for net in self.nets.values():
             net.requires_grad_(False)
 
-        beta = ema_beta(self.cur_nimg, point.batch, cfg.ema.ema_kimg, cfg.ema.ema_rampup)
+        beta = ema_beta(self.cur_nimg, point.batch, point.ema_kimg, cfg.ema.ema_rampup,
+                        cfg.ema.beta_per_step)
         update_ema(self.G_ema, self.G, beta, self.ema_modules)
         self.cur_nimg += point.batch
         self.step_index += 1
@@ -462,11 +481,12 @@ class Trainer:
                                  seed=self.cfg.train.seed, rank=self.engine.rank,
                                  world_size=self.engine.world_size, start_nimg=self.cur_nimg,
                                  img_channels=self.cfg.model.img_channels,
-                                 pin_memory=self.device.type == "cuda")
+                                 pin_memory=self.device.type == "cuda",
+                                 top_res=self.cfg.model.max_res)
 
     def _prepare_reals(self, images: torch.Tensor, alpha: float) -> torch.Tensor:
         return prepare_reals(images, alpha, self.device,
-                             channels_last=self.cfg.train.channels_last,
+                             channels_last=self.channels_last,
                              impl=self.cfg.model.impl)
 
     def _run_G(self, z, c, res, alpha):
@@ -625,6 +645,8 @@ class Trainer:
             "Progress/kimg": self.cur_nimg / 1000, "Progress/res": point.res,
             "Progress/alpha": point.alpha, "Progress/stage": point.stage_index,
             "Progress/lr": point.lr, "Progress/batch": point.batch,
+            "Progress/beta2": point.beta2, "Progress/gamma": point.gamma,
+            "Progress/ema_kimg": point.ema_kimg,
             "Progress/tick": self.tick_index,
             "Timing/img_per_sec": img_per_sec,
             "Timing/sec_per_kimg": 1000 / img_per_sec if tick_nimg > 0 else float("nan"),

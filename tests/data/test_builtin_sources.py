@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
 from data_prep.sources import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, NOTO_EMOJI_FONT,
                                EmojiSource, IdxSource, read_idx)
+from pggan.data.pyramid import box_pyramid_uint8
 from pggan.data import load_dataset_info
 
 from .sample_files import read_shard_set, run_prep
@@ -51,9 +53,10 @@ def test_fashion_mnist_prep_keeps_pixels_and_labels(tmp_path, fmnist_files):
         # 28 px -> 32 px Lanczos upscale (--small upscale is the default for built-ins) ...
         up = Image.fromarray(images[i]).resize((32, 32), Image.Resampling.LANCZOS)
         np.testing.assert_array_equal(top[i][0][:, :, 0], np.asarray(up))
-        # ... and the lower resolutions come from that 32 px image.
-        np.testing.assert_array_equal(
-            low[i][0][:, :, 0], np.asarray(up.resize((8, 8), Image.Resampling.LANCZOS)))
+        # ... and the lower resolutions are its box pyramid (exact 2x2 means, twice).
+        up_t = torch.from_numpy(np.array(up))[None]                         # [1, 32, 32]
+        np.testing.assert_array_equal(low[i][0][:, :, 0],
+                                      box_pyramid_uint8(up_t, [8])[8][0].numpy())
         assert top[i][1] == int(labels[i])
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["converted"]["by_note"] == {"upscaled": 40}

@@ -256,8 +256,12 @@ def test_prepare_reals_scales_and_fades_on_the_device():
     assert full.dtype == torch.float32 and full.is_contiguous()
     assert full[0, 0, 0, 0].item() == -1.0 and full[0, 0, 0, 1].item() == 1.0
     torch.testing.assert_close(full, x.float() / 127.5 - 1, rtol=0, atol=1e-6)
-    low = upsample2d(downsample2d(full, mode="box"), mode="nearest")
+    # The low-pass term is the uint8 pyramid's level below: (a + b + c + d + 2) // 4.
+    s = x.long().reshape(3, 3, 4, 2, 4, 2).sum(dim=(3, 5))
+    low = upsample2d(((s + 2) // 4).float() / 127.5 - 1, mode="nearest")
     torch.testing.assert_close(prepare_reals(x, 0.0, "cpu"), low, rtol=0, atol=1e-6)
+    assert (low - upsample2d(downsample2d(full, mode="box"), mode="nearest")).abs().max() \
+        <= 0.5 / 127.5 + 1e-6
     torch.testing.assert_close(prepare_reals(x, 0.25, "cpu"), low + 0.25 * (full - low),
                                rtol=0, atol=1e-6)
     cl = prepare_reals(x, 0.5, "cpu", channels_last=True)
@@ -286,3 +290,21 @@ def test_epoch_exactly_once_with_torchrun_2_processes_x_2_workers(labelled_datas
     per_rank = json.loads(out.read_text())
     assert len(per_rank) == 2 and all(per_rank)
     assert sorted(per_rank[0] + per_rank[1]) == list(range(36))
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_box_pyramid_fade_at_alpha_0_is_the_previous_stage_exactly(impl):
+    """At alpha = 0 the 2R reals, box-downsampled as D's fade path does, are bit for bit the
+    R reals of the previous stage: for the synthetic source's pyramid and any uint8 image."""
+    from pggan.data.pyramid import box_down_uint8
+    from pggan.data.synthetic_stream import synthetic_pyramid_images
+    pos = torch.arange(6)
+    for top in (32, 16):
+        x16 = synthetic_pyramid_images(pos, 16, 3, seed=5, top_res=top)
+        x8 = synthetic_pyramid_images(pos, 8, 3, seed=5, top_res=top)
+        assert torch.equal(box_down_uint8(x16), x8)
+        faded = prepare_reals(x16, 0.0, "cpu", impl=impl)
+        assert torch.equal(downsample2d(faded, mode="box"), prepare_reals(x8, 1.0, "cpu"))
+    # Rendering each resolution directly (synthetic_pyramid: render) is not a box pyramid.
+    assert not torch.equal(box_down_uint8(synthetic_pyramid_images(pos, 16, 3, 5)),
+                           synthetic_pyramid_images(pos, 8, 3, 5))
