@@ -93,3 +93,41 @@ def test_run_on_damaged_shards_stops_with_exit_6_and_a_resumable_state(dataset, 
                          "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
+
+
+def test_killed_loader_worker_stops_the_run_with_a_resumable_state(dataset, tmp_path):
+    import os
+    import signal
+    import time
+
+    from trainkit import descendants, index_entries, start_train
+    config = write_tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    args = ["--config", config, "--data", dataset, "--run-dir", run_dir, "--num-workers", "1",
+            "--set", "train.total_kimg=100"]
+    log = tmp_path / "train.log"
+    proc = start_train(args, log_path=log)
+    try:
+        deadline = time.time() + 120
+        while not index_entries(run_dir) and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        workers = []
+        while not workers and time.time() < deadline:     # the trainer's only children
+            workers = descendants(proc.pid)
+            time.sleep(0.05)
+        assert workers, "no loader worker found"
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(timeout=120) == 6, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("pggan-train: error:")]
+    assert "data loader worker 0 of 1 died (killed by SIGKILL)" in line, line
+    assert "a training state was saved" in line, line
+    kinds = [e["kind"] for e in index_entries(run_dir)]
+    assert kinds[-1] == "signal", kinds
+    resumed = run_train(args[:-2] + ["--set", "train.total_kimg=0.4", "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
