@@ -47,7 +47,11 @@ def upsample2d(x: torch.Tensor, factor: int = 2, mode: str = "nearest",
     if mode != "fir":
         raise ValueError(f"upsample2d: mode must be 'nearest' or 'fir' (got {mode!r})")
     n_, c, h, w = x.shape
-    z = x.new_zeros(n_, c, h * factor, w * factor)
+    # The zero-stuffed image keeps x's layout (new_zeros alone would make NHWC inputs NCHW).
+    fmt = torch.channels_last if x.ndim == 4 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    z = torch.empty(n_, c, h * factor, w * factor, dtype=x.dtype, device=x.device,
+                    memory_format=fmt).zero_()
     z[:, :, ::factor, ::factor] = x                                # zero insertion
     k = fir_kernel(taps, x.device, x.dtype) * (factor ** 2)        # keep DC gain 1
     n = k.shape[0]
@@ -65,5 +69,8 @@ def downsample2d(x: torch.Tensor, factor: int = 2, mode: str = "box",
     k = fir_kernel(taps, x.device, x.dtype)
     n = k.shape[0]
     p = n - factor
-    y = _filter(x, k, ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
-    return y[:, :, ::factor, ::factor]
+    # One strided depthwise conv: filters only the pixels that are kept (1/factor^2 of the
+    # work of filtering all and slicing) and keeps x's layout (a strided slice drops NHWC).
+    x = F.pad(x, ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
+    w = k[None, None].repeat(x.shape[1], 1, 1, 1)                  # [C, 1, k, k]; filter2d
+    return F.conv2d(x, w, stride=factor, groups=x.shape[1])        # correlates, as conv2d
