@@ -1,53 +1,25 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one run: the GPU tests (pytest -m gpu, compiled Triton
-# kernels, not the interpreter) and every GPU benchmark. Tables and logs go to one folder:
+# Everything that needs a CUDA GPU, in one run of at most 8 minutes, on a bare offline GPU
+# machine (torch, triton and accelerate installed; nothing else, no network):
 #
-#   bash benchmarks/gpu_suite.sh [RESULTS_DIR]     # default benchmarks/out/<date>-<host>
+#   bash benchmarks/gpu_suite.sh RESULTS_DIR [--wheels DIR] [--budget-s 480] [--only LIST]
 #
-# Each step runs even if an earlier one failed; the exit status is non-zero if any failed.
-# To add a benchmark, add one `run NAME COMMAND...` line below; it should write its tables
-# into "$OUT".
+# RESULTS_DIR (required) receives machine.txt, summary.md (rewritten after every step), one
+# folder of tables per step and one log per step. Missing packages (kornia, kornia_rs,
+# webdataset, braceexpand) are installed from the wheel folder brought along (default
+# $PGGAN_WHEELS or ./wheels; the `pip download` line that makes it is in
+# benchmarks/gpu_suite.py). Steps and their time budgets: benchmarks/gpu_suite.py. Exit status:
+# 0 all steps passed, 1 a step failed or ran out of time, 2 no GPU / bad arguments.
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
-OUT="${1:-benchmarks/out/$(date +%Y-%m-%d)-$(hostname -s)}"
-
-if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "benchmarks/gpu_suite.sh: no CUDA device visible to torch; run it on a GPU machine" >&2
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+    echo "usage: bash benchmarks/gpu_suite.sh RESULTS_DIR [--wheels DIR] [--budget-s S]" >&2
     exit 2
 fi
-mkdir -p "$OUT"
-# The interpreter must be off: the tests and timings are of the compiled kernels.
-export TRITON_INTERPRET=0
-
-{
-    echo "date: $(date -Iseconds)"
-    echo "host: $(hostname)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
-    python -c "import torch, triton; print('torch', torch.__version__, '| cuda', torch.version.cuda, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
-    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv 2>/dev/null || true
-} > "$OUT/machine.txt"
-cat "$OUT/machine.txt"
-
-failed=()
-run() {
-    local name="$1"
-    shift
-    echo "== $name: $*"
-    if "$@" 2>&1 | tee "$OUT/$name.log"; then
-        echo "== $name: ok"
-    else
-        echo "== $name: FAILED (log: $OUT/$name.log)"
-        failed+=("$name")
-    fi
-}
-
-run pytest-gpu python -m pytest -m gpu tests -q -rs
-run ops python benchmarks/ops.py --out "$OUT"
-run train_step python benchmarks/train_step.py --fade --out "$OUT"
-
-if ((${#failed[@]})); then
-    echo "benchmarks/gpu_suite.sh: failed: ${failed[*]} (results in $OUT)" >&2
-    exit 1
-fi
-echo "benchmarks/gpu_suite.sh: all steps passed; results in $OUT"
+# Resolve the results folder against the caller's directory before moving to the repository.
+OUT="$(realpath -m -- "$1")"
+shift
+cd "$(dirname "$0")/.."
+# The GPU tests and timings are of the compiled Triton kernels, never the interpreter.
+unset TRITON_INTERPRET
+exec python benchmarks/gpu_suite.py "$OUT" "$@"
