@@ -26,6 +26,8 @@ import torch
 
 from .files import atomic_write
 
+from .files import atomic_write
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("pggan_collector", default=None)
 
 
@@ -130,6 +132,24 @@ def format_duration(seconds: float) -> str:
     return tqdm.format_interval(seconds)
 
 
+def append_line(f, line: str, path: Path) -> None:
+    """Append `line` to the open file `f` in one unbuffered write; if the disk is full (or any
+    write fails) the file is cut back to where it was, so it never ends in half a line, and the
+    OSError names `path`."""
+    data, fd = line.encode("utf-8"), f.fileno()
+    pos = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+    except OSError as e:
+        try:
+            os.ftruncate(fd, pos)
+        except OSError:
+            pass
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 class RunLog:
     """TensorBoard + stats.jsonl + console for one run. Writes nothing unless `enabled` (the
     main process)."""
@@ -158,8 +178,7 @@ class RunLog:
         record = {"cur_nimg": cur_nimg, "kimg": cur_nimg / 1000, "time": wall_time}
         record.update({k: (v if v is None or math.isfinite(v) else None)
                        for k, v in stats.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        append_line(self._jsonl, json.dumps(record) + "\n", self.run_dir / "stats.jsonl")
         self._tb.flush()
 
     def scalars(self, values: Dict[str, float], cur_nimg: int, wall_time: float) -> None:

@@ -106,6 +106,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         # Before anything in the run dir is read: a second trainer must not even resume.
         lock = take_run_lock(run_dir, engine)
+        if lock is not None:
+            from pggan.training.checkpoint import remove_stale_temp_files
+            stale = remove_stale_temp_files(run_dir)
+            if stale:
+                print(f"pggan-train: removed {len(stale)} temp file(s) of an interrupted write "
+                      f"({stale[0]}{', ...' if len(stale) > 1 else ''})", flush=True)
         trainer = create_trainer(cfg, args, engine)
     except (ConfigError, CheckpointError, RunLockError, OSError) as e:
         if lock is not None:

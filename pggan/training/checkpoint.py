@@ -339,6 +339,24 @@ def save_training_state(run_dir, payload: dict, keep_last: int) -> Path:
     return directory / name
 
 
+def remove_stale_temp_files(run_dir) -> List[str]:
+    """Delete the temp files a killed writer left in `run_dir` and its checkpoints dir
+    (`.<name>.tmp-<pid>...`, pggan.files.atomic_write). Call only while holding the
+    run-directory lock: then no other process is writing there. -> removed names."""
+    removed = []
+    for d in (Path(run_dir), checkpoint_dir(run_dir)):
+        if not d.is_dir():
+            continue
+        for p in d.glob(".*.tmp-*"):
+            if p.is_file():
+                try:
+                    p.unlink()
+                    removed.append(p.name)
+                except OSError:
+                    pass
+    return removed
+
+
 # --------------------------------------------------------------------------------------------
 # Which state to resume from.
 

@@ -45,3 +45,37 @@ def test_disk_full_stops_cleanly(tmp_path):
     assert "No space left on device" in line and "cannot write" in line, line
     assert not temp, temp
     assert not index.unreadable and states
+
+
+def test_a_failed_stats_line_leaves_no_half_line(tmp_path, monkeypatch):
+    import errno
+
+    import pggan.logging as plog
+    path = tmp_path / "stats.jsonl"
+    path.write_text('{"a": 1}\n')
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with open(path, "a") as f:
+        monkeypatch.setattr(plog.os, "write", half_then_full)
+        with pytest.raises(OSError) as e:
+            plog.append_line(f, '{"b": 2}\n', path)
+        monkeypatch.undo()
+    assert e.value.filename == str(path) and e.value.errno == errno.ENOSPC
+    assert path.read_text() == '{"a": 1}\n'
+
+
+def test_temp_files_of_a_killed_writer_are_removed_under_the_lock(tmp_path):
+    from pggan.training.checkpoint import remove_stale_temp_files
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / "checkpoints" / ".training-state-000000000104.tmp-999.pt",
+             tmp_path / ".fakes-latest.tmp-999.png"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    keep = tmp_path / "checkpoints" / "training-state-000000000104.pt"
+    keep.write_bytes(b"x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(p.name for p in stale)
+    assert keep.exists() and not any(p.exists() for p in stale)
