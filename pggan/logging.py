@@ -26,8 +26,6 @@ import torch
 
 from .files import atomic_write
 
-from .files import atomic_write
-
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("pggan_collector", default=None)
 
 

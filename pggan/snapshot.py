@@ -15,7 +15,6 @@ import torch
 
 from .config import ConfigError, ModelConfig, config_from_dict, Config
 from .files import atomic_write
-from .files import atomic_write
 from .nets import build_generator
 
 FORMAT = "pggan-snapshot"

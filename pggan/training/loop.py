@@ -68,17 +68,6 @@ class RunStopped(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
-EXIT_NONFINITE = 4          # a loss or gradient became NaN/Inf; nothing new was saved
-EXIT_SAVE_FAILED = 5        # a file could not be written (disk full, I/O error)
-EXIT_DATA = 6               # the data failed (damaged shards, a dead loader worker); state saved
-
-
-class RunStopped(Exception):
-    """Ends the run on every rank with `code` and a one-line `message` (main prints it)."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class StopSignals:
@@ -349,8 +338,6 @@ class Trainer:
                 return EXIT_DONE
             if stop and self.stop_signum == DATA_FAILED:
                 raise RunStopped(EXIT_DATA, self._data_stop_message())
-            if stop and self.stop_signum == DATA_FAILED:
-                raise RunStopped(EXIT_DATA, self._data_stop_message())
             if stop:
                 self.log.console(f"stopped by signal {signal.Signals(self.stop_signum).name} at "
                                  f"kimg {self.cur_nimg / 1000:g}; run the same command with "
@@ -512,142 +499,6 @@ class Trainer:
         if self.augment is not None:
             img = self.augment(img)
         return self.D(img, c, alpha)
-
-    # ---- faults: non-finite steps, failed writes, failed data ------------------------------
-    #
-    # Non-finite guard, at no extra collective with the DDP engine: a rank whose loss is NaN/Inf
-    # turns its own gradients NaN before the flat gradient all-reduce, so after it every rank
-    # holds the same non-finite gradients and decides the same way, in the same step, from its
-    # own copy (one host sync per phase to read the flag). The DeepSpeed engine reduces the
-    # gradients inside its step, so there the flag is all-reduced (one int64).
-
-    nonfinite_skips = 0                 # steps skipped for non-finite values in this run
-    _nonfinite_last_step = -2           # step_index of the last skipped step
-    _nonfinite_in_a_row = 0
-    data_error: Optional[BaseException] = None
-
-    def _poison_grads_if_nonfinite(self, loss: torch.Tensor, params: list) -> None:
-        if params:
-            bad = torch.where(torch.isfinite(loss.detach().float()), 0.0, float("nan"))
-            params[0].grad.add_(bad.to(params[0].grad.dtype))
-
-    def _skip_nonfinite(self, phase, point: SchedulePoint, params: list) -> bool:
-        """After the gradient all-reduce of a phase: False if every gradient is finite. Else
-        on_nonfinite stop: RunStopped(EXIT_NONFINITE) on every rank, nothing saved; skip: the
-        step's remaining updates are dropped (phases already stepped keep theirs), cur_nimg
-        moves on, and N bad steps in a row stop the run the same way."""
-        grads = [p.grad for p in params]
-        bad = torch.zeros((), dtype=torch.int64, device=self.device)
-        if grads:
-            total = torch.stack(torch._foreach_norm(grads)).float().sum()
-            bad = (~torch.isfinite(total)).to(torch.int64)
-        if self.engine.distributed and self.cfg.train.engine != "ddp":
-            bad = self.engine.all_reduce_max_(bad.reshape(1))
-        if not bool(bad.item()):
-            return False
-        terms = sorted({n for names in self.engine.all_gather_object(self._nonfinite_terms())
-                        for n in names})
-        what = f"{phase.net} loss term {', '.join(terms)}" if terms else \
-            f"{phase.net} gradient"
-        where = f"at {point.res}x{point.res}, kimg {self.cur_nimg / 1000:g}"
-        t = self.cfg.train
-        if t.on_nonfinite == "skip":
-            self._nonfinite_in_a_row = self._nonfinite_in_a_row + 1 \
-                if self._nonfinite_last_step == self.step_index - 1 else 1
-            self._nonfinite_last_step = self.step_index
-            self.nonfinite_skips += 1
-            if self._nonfinite_in_a_row < t.nonfinite_max_skips:
-                for opt in self.opt.values():
-                    opt.zero_grad(set_to_none=True)
-                for net in self.nets.values():
-                    net.requires_grad_(False)
-                if not bool(torch.isfinite(self.ada_accum).all()):
-                    self.ada_accum.zero_()
-                self.log.console(f"  skipped a step: non-finite {what} {where} "
-                                 f"({self._nonfinite_in_a_row} in a row, at most "
-                                 f"{t.nonfinite_max_skips})")
-                self.cur_nimg += point.batch
-                self.step_index += 1
-                self.steps_this_run += 1
-                self.trained_point = (point.res, point.alpha)
-                return True
-            what = f"{what} ({self._nonfinite_in_a_row} steps in a row)"
-        raise RunStopped(EXIT_NONFINITE, f"non-finite {what} {where}: stopped without saving "
-                                         f"({self._last_good_state()}); lower the learning "
-                                         f"rate, or --set train.on_nonfinite=skip, then run "
-                                         f"again with --resume auto")
-
-    def _nonfinite_terms(self) -> list:
-        """Reported loss terms whose running sum is NaN/Inf (this rank)."""
-        def finite(v) -> bool:
-            if torch.is_tensor(v):
-                return bool(torch.isfinite(v).all())
-            return not isinstance(v, float) or math.isfinite(v)
-        return [name for name, acc in self.collector._sums.items()
-                if name.startswith("Loss/") and not all(finite(v) for v in acc if v is not None)]
-
-    def _last_good_state(self) -> str:
-        from .checkpoint import CheckpointIndex
-        latest = CheckpointIndex.load(checkpoint_dir(self.run_dir)).latest() \
-            if self.engine.is_main else None
-        return f"the newest training state is {latest.file}, kimg {latest.kimg:g}" \
-            if latest else "no training state was saved yet"
-
-    def _check_weights_finite(self) -> None:
-        """No state or snapshot holds NaN/Inf weights (the same answer on every rank: the
-        weights are replicated)."""
-        for name, net in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
-            for key, t in net.state_dict().items():
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise RunStopped(EXIT_NONFINITE, f"{name} weight {key} is NaN/Inf at kimg "
-                                                     f"{self.cur_nimg / 1000:g}: not saved "
-                                                     f"({self._last_good_state()})")
-
-    def _write_on_main(self, write) -> None:
-        """Run `write()` on the main process; every rank then learns whether it failed (this
-        all-reduce is also the barrier after a save). A failed write -> RunStopped(5); a
-        state refused for NaN/Inf -> RunStopped(4)."""
-        from .checkpoint import NonFiniteStateError
-        error, code = None, 0
-        if self.engine.is_main:
-            try:
-                write()
-            except OSError as e:
-                error, code = e, EXIT_SAVE_FAILED
-            except NonFiniteStateError as e:
-                error, code = e, EXIT_NONFINITE
-        if self.engine.distributed:
-            flag = torch.tensor([code], dtype=torch.int64, device=self.device)
-            code = int(self.engine.all_reduce_max_(flag).item())
-        if code == EXIT_NONFINITE:
-            raise RunStopped(code, str(error) if error else "a training state held NaN/Inf")
-        if code:
-            raise self._save_failed(error if isinstance(error, OSError) else None)
-
-    def _save_failed(self, error: Optional[OSError]) -> RunStopped:
-        if error is None:
-            return RunStopped(EXIT_SAVE_FAILED, "the main process could not write (see its log)")
-        what = f"{error.filename}: " if error.filename else ""
-        reason = error.strerror or str(error) or type(error).__name__
-        return RunStopped(EXIT_SAVE_FAILED,
-                          f"{what}cannot write ({reason}); training stopped, the files written "
-                          f"before are intact ({self._last_good_state()}): free space or fix "
-                          f"the disk, then run the same command with --resume auto")
-
-    def _data_stop_message(self) -> str:
-        e = self.data_error
-        why = str(e).strip().splitlines()[0] if e is not None and str(e).strip() else \
-            "the data stream failed in another process (see its log)" if e is None else \
-            type(e).__name__
-        saved = "a training state was saved" if self.steps_this_run else "nothing new to save"
-        return f"data: {why}; stopped at kimg {self.cur_nimg / 1000:g} ({saved}; run the same " \
-               f"command with --resume auto once the data is fixed)"
-
-    def _report_stop(self, e: RunStopped) -> int:
-        if self.engine.is_main:
-            import sys
-            print(f"pggan-train: error: {e} (exit code {e.code})", file=sys.stderr, flush=True)
-        return e.code
 
     # ---- faults: non-finite steps, failed writes, failed data ------------------------------
     #
