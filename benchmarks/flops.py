@@ -186,8 +186,8 @@ def discriminator_layers(model: ModelConfig, res: int, alpha: float = 1.0) -> Li
         layers += [Layer(f"blocks.{r}.conv0", conv_macs(nf(r), nf(r), 3, r)),
                    Layer(f"blocks.{r}.conv1", conv_macs(nf(r), nf(r // 2), 3, r))]
         if m.arch == "stylegan":
-            # filter at full resolution ((r - 1)^2 valid outputs), then keep every other pixel
-            layers.append(Layer(f"blocks.{r}.fir_down", nf(r // 2) * k * k * (r - 1) ** 2,
+            # one strided depthwise conv: k x k taps at the (r/2)^2 pixels that are kept
+            layers.append(Layer(f"blocks.{r}.fir_down", nf(r // 2) * k * k * (r // 2) ** 2,
                                 "filter"))
         if r == res and _fading(res, alpha):
             layers.append(Layer(f"fromrgb.{res // 2}",

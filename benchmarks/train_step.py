@@ -262,6 +262,41 @@ def run_case(cfg: Config, variant: Variant, point, device: torch.device, warmup:
     return result
 
 
+def run_paired(cfg: Config, a: Variant, b: Variant, point, device: torch.device, warmup: int,
+               pairs: int, cycle: int) -> dict:
+    """Two trainers (same seed, so the same weights) stepped in turns, A B B A A B ..., one
+    cycle of steps each turn: on a machine whose speed drifts (shared cores) both see the same
+    load, and the median of the per-turn ratios A / B is far steadier than two separate runs."""
+    with tempfile.TemporaryDirectory(prefix="train-step-ab-") as run_dir:
+        trainers = []
+        for v, sub in ((a, "a"), (b, "b")):
+            t = make_trainer(cfg, v, device, Path(run_dir) / sub)
+            t.enter_stage(point)
+            t.stream = prerendered_stream(cfg, point, device)
+            t.cur_nimg = point.cur_nimg
+            for _ in range(warmup):
+                t.train_step(point)
+            trainers.append(t)
+        ms = ([], [])
+        for i in range(2 * pairs):
+            order = (0, 1) if i % 4 in (0, 3) else (1, 0)
+            for k in order:
+                synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(cycle):
+                    trainers[k].train_step(point)
+                synchronize(device)
+                ms[k].append((time.perf_counter() - t0) * 1e3 / cycle)
+    trainers = None
+    gc.collect()
+    ratios = [x / y for x, y in zip(*ms)]
+    return dict(a=a.label, b=b.label, a_ms=statistics.median(ms[0]),
+                b_ms=statistics.median(ms[1]), a_min_ms=min(ms[0]), b_min_ms=min(ms[1]),
+                ratio_median=statistics.median(ratios), ratio_min=min(ms[0]) / min(ms[1]),
+                ratio_q25=statistics.quantiles(ratios, n=4)[0] if len(ratios) > 1 else
+                ratios[0], turns=len(ratios), a_ms_all=ms[0], b_ms_all=ms[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables
 
@@ -339,6 +374,15 @@ def fused_table(rows: List[dict]) -> str:
          for r in rows), left={"point", "impl, precision, layout", "fused_scale"})
 
 
+def paired_table(rows: List[dict]) -> str:
+    return markdown_table(
+        ["res", "point", "A", "B", "turns", "A ms (median)", "B ms (median)",
+         "A / B median of turns", "A / B lower quartile", "A / B of the fastest turns"],
+        ([str(r["res"]), r["point"], r["a"], r["b"], str(r["turns"]), f"{r['a_ms']:.1f}",
+          f"{r['b_ms']:.1f}", f"{r['ratio_median']:.2f}x", f"{r['ratio_q25']:.2f}x",
+          f"{r['ratio_min']:.2f}x"] for r in rows), left={"point", "A", "B"})
+
+
 def summary_table(rows: List[dict]) -> str:
     return markdown_table(
         ["res", "point", "baseline img/s (ref, fp32, nchw, fused never)",
@@ -375,6 +419,9 @@ def parse_args(argv=None):
     p.add_argument("--fused-scales", default="never,always", metavar="LIST",
                    help="comma list of model.fused_scale settings: never, always, auto "
                         "(default: %(default)s, side by side)")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="also time each fused_scale setting against never in N x 2 "
+                        "alternating turns of two live trainers (A B B A ...; see run_paired)")
     p.add_argument("--fade", action="store_true",
                    help="also measure the middle of each fade-in (alpha 0.5)")
     p.add_argument("--warmup", type=int, default=None,
@@ -561,6 +608,19 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(main_table([row]).split("\n", 2)[2], flush=True)
 
+    paired = []
+    if args.paired > 0:
+        print("\nPaired turns (A = fused_scale never, B = the fused setting)", flush=True)
+        for res in stages:
+            for point_name, point in schedule_points(cfg, res, args.fade):
+                for v in grid:
+                    if v.fused_scale == "never":
+                        continue
+                    a = dataclasses.replace(v, fused_scale="never")
+                    r = run_paired(cfg, a, v, point, device, warmup, args.paired, cycle)
+                    r.update(res=res, point=point_name)
+                    paired.append(r)
+                    print(paired_table([r]).split("\n", 2)[2], flush=True)
     summary = summary_rows(rows, baseline, defaults)
     fused = fused_rows(rows)
     title = "Default configuration (impl auto, " + \
@@ -571,7 +631,9 @@ def main(argv=None) -> int:
         [f"- note: {n}" for n in notes] +
         ["", "## All configurations", "", main_table(rows), "", f"## {title}", "",
          summary_table(summary), ""] +
-        (["", f"## {fused_title}", "", fused_table(fused), ""] if fused else []))
+        (["", f"## {fused_title}", "", fused_table(fused), ""] if fused else []) +
+        (["", "## Paired turns: fused_scale never (A) vs fused (B), two live trainers", "",
+          paired_table(paired), ""] if paired else []))
     print("\n" + f"{title}\n" + summary_table(summary), flush=True)
     if fused:
         print("\n" + f"{fused_title}\n" + fused_table(fused), flush=True)
@@ -582,7 +644,7 @@ def main(argv=None) -> int:
         plain = [{k: v for k, v in r.items() if k != "variant"} for r in rows]
         write_atomic(out / "train_step.json", json.dumps(
             dict(header=header, notes=notes, matmul_tflops={"bf16": mm_bf16, "fp32": mm_fp32},
-                 rows=plain, summary=summary, fused=fused), indent=1))
+                 rows=plain, summary=summary, fused=fused, paired=paired), indent=1))
         print(f"\nwrote {out / 'train_step.md'} and {out / 'train_step.json'}", flush=True)
     return 0
 

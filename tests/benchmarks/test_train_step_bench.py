@@ -117,9 +117,9 @@ def test_stylegan_counts_style_mixing_and_keeps_filters_apart():
     # FIR up at 8 (Cin 16) and 16 (Cin 16): 4x4 taps at the output size; not model FLOPs.
     assert flops.flops_of(plain, "filter") == 2 * (16 * 16 * 64 + 16 * 16 * 256)
     d = flops.discriminator_layers(m, 16, 1.0)
-    # FIR before each 2x down, at (r - 1)^2 valid outputs: nf(8) = 16 after block 16, nf(4)
-    # = 16 after block 8.
-    assert flops.flops_of(d, "filter") == 2 * (16 * 16 * 15 ** 2 + 16 * 16 * 7 ** 2)
+    # FIR 2x down as one strided depthwise conv, 4x4 taps at the (r/2)^2 kept pixels:
+    # nf(8) = 16 channels after block 16, nf(4) = 16 after block 8.
+    assert flops.flops_of(d, "filter") == 2 * (16 * 16 * 8 ** 2 + 16 * 16 * 4 ** 2)
 
 
 def _cfg(**loss):
@@ -338,3 +338,25 @@ def test_executed_step_flops_fused_vs_unfused():
     # The unfused count is torch's own count of a real (non-fake) step of the same phases.
     cfg.model.fused_scale = "never"
     assert counts["never"][1] >= flops.step_flops(cfg, 16).total
+
+
+def test_paired_turns_of_fused_and_unfused(tmp_path):
+    bench = _load("train_step")
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                    # shared cores: see _run
+    try:
+        assert bench.main(SMOKE[:-1] + ["--res", "8", "--layouts", "nchw", "--no-count",
+                                        "--paired", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((out / "train_step.json").read_text())
+    paired = data["paired"]
+    assert [(p["res"], p["a"], p["b"]) for p in paired] == [
+        (8, "ref, fp32, nchw, fused never", "ref, fp32, nchw, fused always")]
+    p = paired[0]
+    assert p["turns"] == 4 and len(p["a_ms_all"]) == len(p["b_ms_all"]) == 4
+    ratios = sorted(a / b for a, b in zip(p["a_ms_all"], p["b_ms_all"]))
+    assert p["ratio_median"] == pytest.approx((ratios[1] + ratios[2]) / 2)
+    assert p["ratio_min"] == pytest.approx(min(p["a_ms_all"]) / min(p["b_ms_all"]))
+    assert "## Paired turns" in (out / "train_step.md").read_text()
