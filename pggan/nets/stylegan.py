@@ -32,8 +32,9 @@ from ..config import ModelConfig
 from ..ops import bias_act, fade_in, pixel_norm, upsample2d
 from ..ops.demod import demod_coefficients
 from ..ops.noise_bias_act import noise_bias_act
+from ..ops.resample_conv import conv3x3_fir_up, use_fused
 from .features import log2_res, nf_res, resolutions
-from .layers import SQRT2, EqualizedLinear, label_onehot, to_rgb
+from .layers import FUSED_SCALE_AUTO_RES, SQRT2, EqualizedLinear, label_onehot, to_rgb
 from .pggan import _check_stage
 
 NOISE_MODES = ("random", "const", "none")
@@ -118,6 +119,9 @@ class StyleConv(nn.Module):
         self.in_ch, self.out_ch, self.res, self.up = in_ch, out_ch, res, up
         self.modulation, self.use_noise, self.impl = cfg.modulation, cfg.use_noise, cfg.impl
         self.fir = tuple(float(t) for t in cfg.fir_filter)
+        # fused (model.fused_scale): StyleGAN2's transposed conv + FIR once (conv3x3_fir_up);
+        # else the FIR up at 2R, then a zero-padded conv (they differ in the 1-pixel border).
+        self.fused = up and use_fused(cfg.fused_scale, res, FUSED_SCALE_AUTO_RES)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
         self.weight_scale = 1.0 / math.sqrt(in_ch * 9)              # He constant (fan_in)
         self.bias = nn.Parameter(torch.zeros(out_ch))
@@ -144,9 +148,12 @@ class StyleConv(nn.Module):
             # Scaling the input channels equals scaling the weights per sample (StyleGAN2's
             # non-fused path) and keeps one shared weight for the whole batch.
             x = x * styles.to(x.dtype)[:, :, None, None]
-        if self.up:
-            x = upsample2d(x, mode="fir", taps=self.fir)            # [N, Cin, res, res]
-        x = F.conv2d(x, weight.to(x.dtype), padding=1)              # [N, Cout, res, res]
+        if self.fused:
+            x = conv3x3_fir_up(x, weight.to(x.dtype), self.fir, fused=True)   # [N, Cout, ..]
+        else:
+            if self.up:
+                x = upsample2d(x, mode="fir", taps=self.fir)        # [N, Cin, res, res]
+            x = F.conv2d(x, weight.to(x.dtype), padding=1)          # [N, Cout, res, res]
         if self.modulation == "demod":
             d = demod_coefficients(weight, styles, impl=self.impl)  # [N, Cout], float32
             x = x * d.to(x.dtype)[:, :, None, None]

@@ -17,11 +17,22 @@ first and second derivatives (R1, WGAN-GP) come from autograd on both paths.
 
 `conv3x3_resample(x, w, mode, fused)` is the one entry point; `*_ref` are the references the
 tests compare against.
+
+StyleGAN-style up (`conv3x3_fir_up`): StyleGAN2's conv2d_resample. The reference inserts zeros,
+FIR-filters to a 2H+2 image (the FIR's own border included, DC gain 1) and runs a valid 3x3 conv;
+the fused path is a transposed stride-2 3x3 conv (9 taps per input pixel, at H x W instead of
+2H x 2W: 4x fewer conv FLOPs) followed by the FIR applied once, on the output channels. Exactly
+the same function. It differs from the older "FIR up, then zero-padded conv" only in the
+one-pixel border (there the conv now sees the filtered image's border instead of zeros).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
+
+from .resample import _filter, fir_kernel
 
 MODES = ("up", "down")
 
@@ -77,6 +88,38 @@ def conv3x3_resample(x: torch.Tensor, w: torch.Tensor, mode: str, fused: bool,
     w = w * weight_gain if weight_gain != 1.0 else w
     return upconv_ref(x, w) if mode == "up" else downconv_ref(x, w)
     raise ValueError(f"conv3x3_resample: mode must be one of {MODES} (got {mode!r})")
+
+
+def _fir_up_pads(n: int) -> tuple:
+    """(before, after) padding of the FIR that follows the transposed conv, for n taps (2x)."""
+    p = n - 2
+    return (p + 1) // 2, p // 2
+
+
+def upconv_fir_ref(x: torch.Tensor, w: torch.Tensor, taps: Sequence[float]) -> torch.Tensor:
+    """Zero insertion -> FIR (x4 gain) to [2H+2, 2W+2] -> valid 3x3 conv: -> [N, O, 2H, 2W]."""
+    k = fir_kernel(taps, x.device, x.dtype) * 4
+    n_, c, h, w_ = x.shape
+    z = x.new_zeros(n_, c, 2 * h, 2 * w_)
+    z[:, :, ::2, ::2] = x                                          # zero insertion
+    a, b = _fir_up_pads(k.shape[0])
+    return F.conv2d(_filter(z, k, (a + 2, b + 1, a + 2, b + 1)), w)
+
+
+def upconv_fir_fused(x: torch.Tensor, w: torch.Tensor, taps: Sequence[float]) -> torch.Tensor:
+    """Transposed stride-2 3x3 conv ([N, O, 2H+1, 2W+1]) -> the FIR once -> [N, O, 2H, 2W]."""
+    k = fir_kernel(taps, x.device, x.dtype) * 4
+    t = F.conv_transpose2d(x, w.flip(2, 3).transpose(0, 1), stride=2)
+    a, b = _fir_up_pads(k.shape[0])
+    return _filter(t, k, (a, b, a, b))
+
+
+def conv3x3_fir_up(x: torch.Tensor, w: torch.Tensor, taps: Sequence[float],
+                   fused: bool) -> torch.Tensor:
+    """StyleGAN2's FIR 2x up + 3x3 conv: x [N, I, H, W], w [O, I, 3, 3] in x's dtype."""
+    if w.ndim != 4 or w.shape[-2:] != (3, 3):
+        raise ValueError(f"conv3x3_fir_up: expected a 3x3 kernel (got {tuple(w.shape)})")
+    return upconv_fir_fused(x, w, taps) if fused else upconv_fir_ref(x, w, taps)
 
 
 def use_fused(setting: str, res: int, threshold: int) -> bool:

@@ -220,3 +220,47 @@ def test_auto_picks_by_resolution():
     # StyleGAN-style D blurs with its FIR before the down: never box-fused.
     Ds = build_discriminator(tiny("always", max_res=16, arch="stylegan"))
     assert not any(b.conv1.fused for b in Ds.blocks.values())
+
+
+# --------------------------------------------------------------------------------------------
+# StyleGAN-style: transposed conv + FIR once (StyleGAN2's conv2d_resample)
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 1), (1, 2, 3, 1), (1, 2, 1)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (3, 5, 7, 6, 4), (2, 3, 4, 4, 2)])
+def test_fir_up_fused_equals_its_reference(taps, shape):
+    from pggan.ops.resample_conv import conv3x3_fir_up
+    x, w = _inputs(shape)
+    ref = _grads(lambda a, b: conv3x3_fir_up(a, b, taps, fused=False), x, w)
+    got = _grads(lambda a, b: conv3x3_fir_up(a, b, taps, fused=True), x, w)
+    assert got[0].shape == (shape[0], shape[4], 2 * shape[2], 2 * shape[3])
+    for r, g in zip(ref, got):
+        close(g, r)
+
+
+def test_fir_up_reference_is_the_old_path_inside_the_border():
+    # Away from the one-pixel border the conv never sees padding: the old "FIR up, then
+    # zero-padded conv" and StyleGAN2's composition agree there exactly (float64).
+    from pggan.ops.resample_conv import upconv_fir_ref
+    x, w = _inputs((2, 3, 6, 5, 4), torch.float64)
+    old = F.conv2d(upsample2d(x, mode="fir", taps=(1, 3, 3, 1)), w, padding=1)
+    new = upconv_fir_ref(x, w, (1, 3, 3, 1))
+    torch.testing.assert_close(new[..., 1:-1, 1:-1], old[..., 1:-1, 1:-1])
+    assert (new - old).abs().max() > 1e-3                     # and the border differs
+
+
+def test_stylegan_fused_blocks_and_checkpoints():
+    kw = dict(arch="stylegan", w_dim=16, mapping_layers=2, style_mixing_prob=0.0)
+    torch.manual_seed(0)
+    a = build_generator(tiny("never", max_res=16, **kw)).eval()
+    b = build_generator(tiny("always", max_res=16, **kw)).eval()
+    b.load_state_dict(a.state_dict())                           # same parameters
+    assert b.blocks["16"].conv0.fused and not a.blocks["16"].conv0.fused
+    assert not b.blocks["16"].conv1.fused                       # only the up conv
+    z = torch.randn(2, 16)
+    ya, yb = a(z, res=16, noise_mode="const"), b(z, res=16, noise_mode="const")
+    assert torch.isfinite(yb).all() and ya.shape == yb.shape
+    with torch.no_grad():                                       # fade-in exact when fused
+        grown = b(z, res=16, alpha=0.0, noise_mode="const")
+        smaller = b(z, res=8, alpha=1.0, noise_mode="const")
+    assert (grown - upsample2d(smaller)).abs().max().item() <= 1e-6
