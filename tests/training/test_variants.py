@@ -25,6 +25,21 @@ VARIANTS = {
     "pggan-hinge-fixed-augment": ["--loss", "hinge", "--augment", "fixed",
                                   "--set", "augment.p=0.5"],
     "pggan-lsgan-accumulation": ["--loss", "lsgan", "--batch-per-gpu", "2"],
+    # R3GAN with every one of its ramps running across the resume point, Adam also reset where
+    # each fade ends, fixed augmentation with a ramped p, and gradient accumulation.
+    "pggan-r3gan-ramps-accumulation": [
+        "--loss", "r3gan", "--augment", "fixed", "--batch-per-gpu", "4",
+        "--set", "optim.reset_on_stab=true",
+        "--set", "schedule.lr_ramp={start: 0.002, end: 0.0005, kimg: 0.25}",
+        "--set", "optim.beta2_ramp={start: 0.9, end: 0.99, kimg: 0.25}",
+        "--set", "loss.gamma_ramp={start: 1.0, end: 0.1, kimg: 0.25}",
+        "--set", "ema.ema_kimg_ramp={start: 0.01, end: 0.1, kimg: 0.25}",
+        "--set", "augment.p_ramp={start: 0.0, end: 0.4, kimg: 0.25}"],
+    "stylegan-r3gan-ada": [
+        "--arch", "stylegan", "--loss", "r3gan", "--augment", "ada",
+        "--set", "augment.interval=2", "--set", "augment.p=0.2", "--set", "augment.ada_kimg=1",
+        "--set", "augment.target=0.0",
+        "--set", "model.w_dim=16", "--set", "model.mapping_layers=2"],
 }
 
 
@@ -67,6 +82,15 @@ def test_variant_trains_stops_on_sigusr1_and_resumes_exactly(name, tmp_path, one
     if "r1" in name:                         # the lazy R1 phase ran and was reported
         assert any("Loss/D/r1" in t for t in ticks)
         assert not any("Loss/D/gp" in t for t in ticks)
+    if "r3gan" in name:                      # R1 and R2 on every D step: in every tick
+        trained = [t for t in ticks if "Loss/D/adv" in t]
+        assert trained and all("Loss/D/r1" in t and "Loss/D/r2" in t for t in trained)
+    if "ramps" in name:                      # the ramps reached the loop, as scheduled
+        gammas = [t["Progress/gamma"] for t in ticks]
+        assert gammas[0] == pytest.approx(1.0) and gammas[-1] == pytest.approx(0.1)
+        assert gammas == sorted(gammas, reverse=True)
+        ps = [float(t["Augment/p"]) for t in ticks]
+        assert ps[0] == pytest.approx(0.0) and ps[-1] == pytest.approx(0.4)
     if "augment" in name or "ada" in name:
         assert all("Augment/p" in t for t in ticks)
     if "ada" in name:
