@@ -50,7 +50,7 @@ from pggan.snapshot import load_snapshot, read_snapshot  # noqa: E402
 class Suite:
     """A preset, the data it trains on and the variants compared on it."""
     preset: str
-    kimg: float                     # images shown per run, thousands
+    kimg: Optional[float]           # images shown per run, thousands (None: the preset's)
     data_source: Optional[str]      # data_prep built-in source prepared into --data-root
     max_res: int
     variants: Dict[str, List[str]]  # name -> --set assignments on top of the preset
@@ -66,12 +66,12 @@ LOSS_VARIANTS = {
 
 SUITES = {
     # The README's main job: built-in synthetic images, 32 px.
-    "main": Suite(preset="demo-cpu", kimg=50, data_source=None, max_res=32, snapshot_kimg=10,
+    "main": Suite(preset="demo-cpu", kimg=None, data_source=None, max_res=32, snapshot_kimg=10,
                   variants={"r3gan": [], **LOSS_VARIANTS,
                             "lanczos-like": ["data.synthetic_pyramid=render"]}),
-    "fashion-mnist": Suite(preset="demo-fashion-mnist", kimg=200, data_source="fashion-mnist",
+    "fashion-mnist": Suite(preset="demo-fashion-mnist", kimg=None, data_source="fashion-mnist",
                            max_res=32, snapshot_kimg=25, variants={"r3gan": []}),
-    "emoji-64": Suite(preset="demo-emoji-64", kimg=120, data_source="emoji", max_res=64,
+    "emoji-64": Suite(preset="demo-emoji-64", kimg=None, data_source="emoji", max_res=64,
                       snapshot_kimg=20, variants={"r3gan-ada": []}),
 }
 
@@ -341,6 +341,7 @@ def main(argv=None) -> int:
     from pggan.config import load_preset
     preset_cfg = load_preset(suite.preset)
     res = suite.max_res or preset_cfg.model.max_res
+    kimg = kimg or preset_cfg.train.total_kimg
     channels = preset_cfg.model.img_channels
     data = args.data
     if data is None and suite.data_source is not None:

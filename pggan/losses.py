@@ -112,25 +112,23 @@ def r1_penalty(score_fn: ScoreFn, real: torch.Tensor, precision: str = "fp32") -
     """R1 (Mescheder et al. 2018): |grad_x D(real)|^2 per sample, [N], float32,
     differentiable. Multiply by gamma / 2. precision: that of D's passes (fp32 | bf16);
     the squared norm is always summed in fp32."""
-    with _penalty_autocast(real.device.type, precision):
-        x = real.float().detach().requires_grad_(True)
-        scores = score_fn(x).float()
-        (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
-    with torch.autocast(real.device.type, enabled=False):
-        return grad.float().square().flatten(1).sum(dim=1)          # [N], fp32
+    return scores_and_grad_sq(lambda x: score_fn(x)[:, None], real, precision)[1]
 
 
-def scores_and_grad_sq(run_D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+def scores_and_grad_sq(run_D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                       precision: str = "fp32"):
     """One forward of D on `x` that serves both the adversarial term and a zero-centred
     gradient penalty (R1 on reals, R2 on fakes): -> (D output [N, 1 (+K)] float32,
     |grad_x D(x)[:, 0]|^2 per sample [N] float32), both differentiable w.r.t. D's parameters
-    (create_graph). Runs in float32 with autocast off, as the other penalties; saves the
-    separate penalty forward that r1_penalty needs."""
-    with torch.autocast(x.device.type, enabled=False):
+    (create_graph). precision: that of D's passes (fp32 | bf16); the squared norm is always
+    summed in fp32. R3GAN uses the same forward for its loss and its penalty, which saves the
+    separate penalty forward of each."""
+    with _penalty_autocast(x.device.type, precision):
         x = x.float().detach().requires_grad_(True)
         out = run_D(x).float()
         (grad,) = torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)
-        return out, grad.square().flatten(1).sum(dim=1)
+    with torch.autocast(x.device.type, enabled=False):
+        return out, grad.float().square().flatten(1).sum(dim=1)     # [N, 1 (+K)], [N] fp32
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +245,8 @@ class GANLoss:
             with torch.no_grad(), autocast():
                 fake = G(mb.z, c, mb.res, mb.alpha)
             run = lambda x: run_D(x, c, mb.alpha)                  # noqa: E731
-            real_out, r1 = scores_and_grad_sq(run, mb.real)
-            fake_out, r2 = scores_and_grad_sq(run, fake)
+            real_out, r1 = scores_and_grad_sq(run, mb.real, cfg.penalty_precision)
+            fake_out, r2 = scores_and_grad_sq(run, fake, cfg.penalty_precision)
             real_scores, real_logits = self._split(real_out)
             fake_scores, fake_logits = self._split(fake_out)
             d_adv = d_adversarial(cfg.kind, real_scores, fake_scores)

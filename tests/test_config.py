@@ -21,8 +21,13 @@ def test_presets_load_and_validate():
     assert big.schedule.batch_by_res[4] == 512 and big.schedule.lr_by_res[1024] == 0.003
     demo = load_preset("demo-cpu")
     assert demo.model.max_res == 32 and demo.model.fmap_max == 64
-    assert demo.loss.kind == "logistic-r1"      # its own choice (see configs/demo-cpu.yaml)
+    assert demo.loss.kind == "r3gan"            # its own choice (see configs/demo-cpu.yaml)
     assert demo.optim.beta2 == 0.99             # inherited from its base preset
+    # The paper's per-step EMA in the paper preset; the demo resets it to a half-life.
+    assert big.ema.beta_per_step == 0.999 and big.ema.ema_rampup is None
+    assert demo.ema.beta_per_step is None and demo.ema.ema_kimg == 1.0
+    for name in ("demo-fashion-mnist", "demo-emoji-64", "stylegan-ffhq-1024"):
+        validate(load_preset(name))
     validate(big), validate(demo)
 
 

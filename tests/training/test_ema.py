@@ -63,3 +63,10 @@ def test_stage_module_names_cover_only_the_active_blocks():
     update_ema(ema, G, beta=0.0, modules=names)
     assert torch.equal(ema.blocks["8"].conv0.weight, G.blocks["8"].conv0.weight)
     assert not torch.equal(ema.blocks["16"].conv0.weight, G.blocks["16"].conv0.weight)
+
+
+def test_per_step_decay_as_in_the_pggan_paper():
+    """ema.beta_per_step: the same decay at every step whatever the batch or position."""
+    for batch, nimg in ((512, 0), (16, 10 ** 7)):
+        assert ema_beta(nimg, batch, 10.0, 0.05, beta_per_step=0.999) == 0.999
+    assert ema_beta(10 ** 7, 16, 10.0, None) != 0.999               # the half-life form
