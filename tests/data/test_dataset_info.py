@@ -128,6 +128,6 @@ def test_damaged_shard_fails_the_epoch_stream(tmp_path, labelled_dataset):
     shard = copy / "res-0008" / "shard-000002.tar"
     shard.write_bytes(shard.read_bytes()[:700])            # cut inside the second member
     with pytest.raises(DatasetError, match=r"shard-000002.tar: cannot read shard "
-                                           r"\(ShardReadError: unexpected end of data"):
+                                           r"\(ShardReadError: (unexpected end of data|shard is 700 bytes)"):
         list(make_epoch_stream(DataConfig(path=str(copy), num_workers=0), 8, batch_size=4,
                                rank=0, world_size=1))
