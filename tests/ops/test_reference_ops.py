@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pggan.ops import (bias_act, blur2d, downsample2d, fade_in, fade_reals, minibatch_std,
+from pggan.ops import (bias_act, blur2d, downsample2d, fade_in, minibatch_std,
                        pixel_norm, upsample2d)
 from pggan.ops.minibatch_std import effective_group_size
 
@@ -65,14 +65,6 @@ def test_fade_in_endpoints_exact():
     assert torch.equal(fade_in(a, b, 0.0), a)
     assert torch.equal(fade_in(a, b, 1.0), b)
     assert torch.allclose(fade_in(a, b, 0.25), 0.75 * a + 0.25 * b, atol=1e-6)
-
-
-def test_fade_reals_blend():
-    x = torch.randn(2, 3, 8, 8)
-    low = upsample2d(downsample2d(x))
-    assert torch.equal(fade_reals(x, 1.0), x)
-    assert torch.allclose(fade_reals(x, 0.0), low)
-    assert torch.allclose(fade_reals(x, 0.3), 0.7 * low + 0.3 * x, atol=1e-6)
 
 
 def test_resample_box_nearest_fir():
