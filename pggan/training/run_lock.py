@@ -11,7 +11,8 @@ What this relies on (and what it does not):
   (`.pggan-lock.<host>.<pid>.<random>`) and hard-links it to `.pggan-lock`. That is the
   NFS-safe recipe of open(2)'s O_EXCL note: on NFSv2/3 O_CREAT|O_EXCL is not atomic, link is,
   and when the link call's answer is lost (a retransmitted RPC) the link count of our own file
-  (st_nlink == 2) tells whether it happened. No flock/fcntl locks: they are advisory, often
+  (st_nlink == 2) tells whether it happened. Where a filesystem has no hard links (EPERM,
+  ENOTSUP), O_CREAT|O_EXCL on the lock file itself (atomic on NFSv3+). No flock/fcntl locks: they are advisory, often
   not propagated between NFS clients, and vanish silently when a lockd restarts.
 - Atomic `rename(2)` within the directory, to take a stale lock over: exactly one of several
   takers can rename the stale file away.
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 LOCK_NAME = ".pggan-lock"
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 HEARTBEAT_S = 15.0              # the holder refreshes the lock's mtime this often
 STALE_S = 10 * HEARTBEAT_S      # a holder on another host without a heartbeat this long: gone
 
@@ -128,12 +130,28 @@ class RunLock:
             return True
         except FileExistsError:
             return False
-        except OSError:
+        except OSError as e:
+            if e.errno in _NO_HARD_LINKS:
+                return self._try_create_excl(own)
             # The answer may have been lost after the link was made (NFS): ask the inode.
             try:
                 return os.stat(own).st_nlink == 2
             except OSError:
                 return False
+
+    def _try_create_excl(self, own: Path) -> bool:
+        """Where the filesystem has no hard links (some FUSE and SMB mounts): O_CREAT|O_EXCL on
+        the lock itself, atomic on local filesystems and NFSv3+."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, own.read_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
 
     def _stale_reason(self, holder: Holder, own: Path) -> Optional[str]:
         """Why `holder` is gone, or None while it may be alive."""

@@ -134,3 +134,18 @@ def test_refused_fresh_start_leaves_no_run_dir_or_lock(tmp_path):
                  "--data", str(missing_data)])
     assert code == 2
     assert not run_dir.exists()
+
+
+def test_filesystems_without_hard_links_fall_back_to_exclusive_create(tmp_path, monkeypatch):
+    import errno
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    first = RunLock(tmp_path)
+    assert first.acquire() is None and first.owned()
+    with pytest.raises(RunLockError, match=f"pid {os.getpid()}"):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
