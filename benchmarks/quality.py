@@ -317,6 +317,8 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "quality")
     p.add_argument("--docs", type=Path, default=REPO / "docs")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: evaluate and tabulate the runs that have finished")
     p.add_argument("--command", default=None, help="command line to print with the table "
                    "(default: this one)")
     args = p.parse_args(argv)
@@ -361,38 +363,44 @@ def main(argv=None) -> int:
 
     work = args.work_dir / args.suite
     records = []
+    runs = []                                               # (variant, seed) that finished
     for name, assignments in variants.items():
         for seed in args.seeds:
             run_dir = work / f"{name}-s{seed}"
+            if args.no_train:
+                if (run_dir / "quality-timing.json").is_file():
+                    runs.append((name, seed))
+                continue
             seconds = train(run_dir, suite, data, assignments, seed, kimg, log)
+            runs.append((name, seed))
             log(f"  {name} seed {seed}: trained {kimg:g} kimg in {seconds / 60:.1f} min")
     # Evaluation after all training, so no run's minutes include another's evaluation.
     real = real_swd(data, res, args.eval_images, 0, channels)
     inception = inception_setup(data, res, min(args.eval_images, 1000), 0, channels) \
         if args.inception else None
-    for name in variants:
-        for seed in args.seeds:
-            run_dir = work / f"{name}-s{seed}"
-            cache = run_dir / f"quality-eval-{args.eval_images}.json"
-            done = {r["snapshot"]: r for r in json.loads(cache.read_text())} \
-                if cache.is_file() else {}
-            minutes = snapshot_minutes(run_dir)
-            snaps = pick_evenly(sorted(run_dir.glob("network-snapshot-*.pt"),
-                                       key=lambda q: read_snapshot(q)["cur_nimg"]),
-                                args.eval_points)
-            out = []
-            for snap in snaps:
-                rec = done.get(snap.name)
-                if rec is None or (inception is not None and "fid" not in rec):
-                    rec = evaluate(snap, real, res, args.eval_images, 0, inception)
-                rec.update(variant=name, seed=seed, minutes=minutes[snap.name])
-                out.append(rec)
-            write_atomic(cache, json.dumps(out, indent=1))
-            log(f"  {name} seed {seed}: SWD " + " ".join(f"{r['swd']:.1f}" for r in out))
-            records += out
-            if seed == args.seeds[0] and snaps:
-                args.docs.mkdir(parents=True, exist_ok=True)
-                save_grid(snaps[-1], args.docs / f"quality-{args.suite}-{name}.png")
+    for name, seed in runs:
+        run_dir = work / f"{name}-s{seed}"
+        cache = run_dir / f"quality-eval-{args.eval_images}.json"
+        done = {r["snapshot"]: r for r in json.loads(cache.read_text())} \
+            if cache.is_file() else {}
+        minutes = snapshot_minutes(run_dir)
+        snaps = pick_evenly(sorted(run_dir.glob("network-snapshot-*.pt"),
+                                   key=lambda q: read_snapshot(q)["cur_nimg"]),
+                            args.eval_points)
+        out = []
+        for snap in snaps:
+            rec = done.get(snap.name)
+            if rec is None or (inception is not None and "fid" not in rec):
+                rec = evaluate(snap, real, res, args.eval_images, 0, inception)
+            rec.update(variant=name, seed=seed, minutes=minutes[snap.name])
+            out.append(rec)
+        done.update({r["snapshot"]: r for r in out})
+        write_atomic(cache, json.dumps(list(done.values()), indent=1))
+        log(f"  {name} seed {seed}: SWD " + " ".join(f"{r['swd']:.1f}" for r in out))
+        records += out
+        if seed == min(s for n, s in runs if n == name) and snaps:
+            args.docs.mkdir(parents=True, exist_ok=True)
+            save_grid(snaps[-1], args.docs / f"quality-{args.suite}-{name}.png")
     write_atomic(work / f"quality-{args.suite}.json", json.dumps(records, indent=1))
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(records, args.docs / f"quality-{args.suite}.png",
