@@ -59,12 +59,15 @@ def test_one_and_two_processes_agree(snapshot, tmp_path):
     assert b["world_size"] == 2
     assert list(a["metrics"]) == ["swd", "msssim", "fid", "kid"]
     assert list(a["metrics"]["swd"]["per_level"]) == ["16"]
-    # Same global image sets, same neighbourhoods and directions: identical SWD and MS-SSIM.
-    for name in ("swd", "msssim"):
-        assert a["metrics"][name]["value"] == b["metrics"][name]["value"]
-    for name in ("fid", "kid"):
+    # Same global image sets, same neighbourhoods and directions: the same SWD and MS-SSIM up to
+    # G's own float noise. CPU convolutions are not batch-size invariant (the same latent
+    # generated in a batch of 1 and of 8 differs by ~1e-5 here), and the two runs batch
+    # differently (8, 8, 4 vs 4, 4, 2 per rank), so a pixel can round to the next uint8 level.
+    # Measured: 1.3e-6 (SWD), 6.8e-5 (MS-SSIM), 5e-7 (FID) relative; the bounds are ~10x that
+    # (KID, a small difference of kernel means, gets 1e-4).
+    for name, rel in (("swd", 1e-5), ("msssim", 1e-3), ("fid", 1e-5), ("kid", 1e-4)):
         assert b["metrics"][name]["value"] == pytest.approx(a["metrics"][name]["value"],
-                                                            rel=1e-9)
+                                                            rel=rel), name
     assert a["metrics"]["fid"]["value"] > 0
     # The summary printed by rank 0 only.
     assert two.stdout.count("swd ") == 1 and one.stdout.splitlines()[0].startswith("swd ")
