@@ -57,16 +57,14 @@ def test_budget_is_spread_over_steps_and_within_8_minutes():
     assert any(a == "-m" for a in steps[0].argv) and "gpu" in steps[0].argv
 
 
-def test_a_step_over_its_budget_is_killed_and_the_interpreter_is_off(tmp_path):
+def test_a_step_over_its_budget_is_killed_and_the_interpreter_is_off(tmp_path, monkeypatch):
     slow = suite.Step("slow", 1, [sys.executable, "-c",
                                   "import os, time; print('TI', os.environ.get("
                                   "'TRITON_INTERPRET')); time.sleep(60)"], None)
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        t0 = time.monotonic()
-        o = suite.run_step(slow, tmp_path, 2.0, fake=False)
-    finally:
-        del os.environ["TRITON_INTERPRET"]
+    # monkeypatch restores the suite-wide value (tests/conftest.py) for the tests after this.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    t0 = time.monotonic()
+    o = suite.run_step(slow, tmp_path, 2.0, fake=False)
     assert o.status == "timed out after 2 s" and time.monotonic() - t0 < 20
     assert "TI None" in Path(o.log).read_text()
 
