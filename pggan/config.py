@@ -162,8 +162,9 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     mirror: bool = True
-    synthetic_pyramid: str = "box"      # built-in source: box (render at max_res, exact 2x2
-                                        # means below: exact fade-in) | render (each res drawn)
+    synthetic_pyramid: str = "box"      # built-in source: box (render at max_res, at most 64 px,
+                                        # exact 2x2 means below: exact fade-in) | render (each
+                                        # resolution drawn directly)
 
 
 @dataclass
