@@ -12,17 +12,10 @@ import time
 import pytest
 
 from pggan.training.run_lock import LOCK_NAME, RunLock, RunLockError
-from trainkit import cli_env, index_entries, kill_run, run_train, start_train, write_tiny_config
+from trainkit import (index_entries, kill_run, listing, run_train, start_train,
+                      write_tiny_config)
 
 
-def listing(directory):
-    out = {}
-    for root, _dirs, files in os.walk(directory):
-        for f in files:
-            p = os.path.join(root, f)
-            st = os.stat(p)
-            out[os.path.relpath(p, directory)] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 def write_lock(run_dir, host, pid, proc_start=None, age_s=0.0):

@@ -2,7 +2,6 @@
 finished run to a larger max-res, `accelerate launch`, and the one-line errors for unusable
 options and checkpoints (those through `pggan.train.main` in this process: no training starts,
 and a subprocess would only add interpreter start-up)."""
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pggan.config import Config, config_from_dict
 from pggan.nets import build_generator
 from pggan.snapshot import load_snapshot
 from pggan.train import main
-from trainkit import (REPO, TINY_YAML, assert_states_equal, cli_env, final_state,
+from trainkit import (REPO, TINY_YAML, assert_states_equal, cli_env, final_state, listing,
                       index_entries)
 
 SCALAR_TAGS = ("Loss/D/adv", "Loss/G/adv", "Loss/D/gp", "Loss/D/drift", "Scores/real",
@@ -27,16 +26,6 @@ SCALAR_TAGS = ("Loss/D/adv", "Loss/G/adv", "Loss/D/gp", "Loss/D/drift", "Scores/
                "Progress/lr", "Timing/img_per_sec", "Timing/sec_per_kimg",
                "Resources/peak_host_mem_gb")
 
-
-def listing(directory):
-    """{relative path: (size, mtime_ns)} of everything under `directory`."""
-    out = {}
-    for root, _dirs, files in os.walk(directory):
-        for f in files:
-            p = os.path.join(root, f)
-            st = os.stat(p)
-            out[os.path.relpath(p, directory)] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 @dataclass

@@ -73,6 +73,17 @@ def start_train(args, nproc: int = 1, log_path: Path = None) -> subprocess.Popen
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def listing(directory):
+    """{relative path: (size, mtime_ns)} of everything under `directory`."""
+    out = {}
+    for root, _dirs, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.stat(p)
+            out[os.path.relpath(p, directory)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def index_entries(run_dir: Path) -> list:
     path = Path(run_dir) / "checkpoints" / "index.json"
     try:
