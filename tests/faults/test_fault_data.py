@@ -103,13 +103,18 @@ def test_killed_loader_worker_stops_the_run_with_a_resumable_state(dataset, tmp_
     from trainkit import descendants, index_entries, start_train
     config = write_tiny_config(tmp_path)
     run_dir = tmp_path / "run"
+    # No interval saves: each save reopens the stream (exact resume), which would replace the
+    # loader worker under the test's hand.
     args = ["--config", config, "--data", dataset, "--run-dir", run_dir, "--num-workers", "1",
-            "--set", "train.total_kimg=100"]
+            "--set", "train.snapshot_kimg=1000", "--set", "train.total_kimg=100"]
     log = tmp_path / "train.log"
     proc = start_train(args, log_path=log)
     try:
+        # Wait for the last stage (16x16, to 100 kimg): an earlier stage's loader worker may be
+        # being stopped at its stage's end, and killing it then is no fault.
         deadline = time.time() + 120
-        while not index_entries(run_dir) and time.time() < deadline:
+        while (not any(e["res"] == 16 for e in index_entries(run_dir))
+               and time.time() < deadline):
             assert proc.poll() is None, log.read_text()[-2000:]
             time.sleep(0.1)
         workers = []
