@@ -208,7 +208,8 @@ def inception_setup(data: Optional[Path], res: int, num_images: int, seed: int, 
 
 
 def save_grid(snapshot: Path, png: Path, seed: int = 0) -> None:
-    from pggan.logging import image_grid, save_png
+    from pggan.files import save_png
+    from pggan.stats import image_grid
     G, snap = load_snapshot(snapshot)
     z = torch.randn([64, G.latent_dim], generator=torch.Generator().manual_seed(seed))
     c = torch.arange(64) % G.num_classes if getattr(G, "num_classes", 0) else None
@@ -217,7 +218,7 @@ def save_grid(snapshot: Path, png: Path, seed: int = 0) -> None:
     factor = max(1, 64 // img.shape[-1])                            # cells >= 64 px
     if factor > 1:
         img = upsample2d(img, factor=factor, mode="nearest")
-    save_png(image_grid(img, cols=8), png)
+    save_png(png, image_grid(img, cols=8))
 
 
 def plot(records: List[dict], png: Path, title: str, metric: str = "swd") -> None:

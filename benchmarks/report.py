@@ -1,9 +1,7 @@
 """What the benchmark scripts share: the CPU's name, markdown tables and atomic writes."""
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Collection, Iterable, Sequence
 
@@ -29,13 +27,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]],
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `text` to `path` atomically (pggan.files.atomic_write_text)."""
+    from pggan.files import atomic_write_text
+    atomic_write_text(path, text)

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pggan.data.dataset_info import DATASET_JSON, DATASET_KIND, DATASET_VERSION
+from pggan.files import atomic_write_json
 
 from .convert import FILTERS, FORMATS, ConvertSettings, ImageFormat
 from .errors import PrepError
@@ -363,11 +364,7 @@ def prepare(opts: PrepOptions) -> dict:
                         f"were skipped ({', '.join(f'{k} {v}' for k, v in by_cat.items())})")
     meta = dataset_meta(src, entries, settings, opts, index, shard_recs, names, kept_labels,
                         skipped, notes, fp)
-    tmp = work / (DATASET_JSON + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, work / DATASET_JSON)
+    atomic_write_json(work / DATASET_JSON, meta)
     _place(work, out)
     return meta
 

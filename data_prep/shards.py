@@ -8,7 +8,6 @@ on resume, recorded shards are kept and everything else in the shard folders is 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from typing import Dict, List, Optional
 import webdataset as wds
 
 from pggan.data.dataset_info import IMAGE_EXTS, res_dir, sample_key, shard_name
+from pggan.files import sha256_file
 
 from .errors import PrepError
 
@@ -28,14 +28,6 @@ _TAR_BLOCK = 512
 def tar_member_bytes(size: int) -> int:
     """Bytes one member takes in a tar: a 512-byte header plus data padded to 512."""
     return _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

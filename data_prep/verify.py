@@ -8,27 +8,19 @@ disk's sequential read rate on a warm cache (measured: see benchmarks/RESULTS.md
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Callable, List, Tuple
 
 from pggan.data.dataset_info import DatasetError, load_dataset_info, resolve_url
+from pggan.files import sha256_file
 
 from .errors import PrepError
 
-_CHUNK = 1 << 20
-
 
 def _sha256(path: str) -> Tuple[int, str]:
-    sha, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CHUNK)
-            if not block:
-                return n, sha.hexdigest()
-            sha.update(block)
-            n += len(block)
+    """-> (bytes hashed, hex sha256)."""
+    return os.path.getsize(path), sha256_file(path)
 
 
 def verify_dataset(root: str, log: Callable[[str], None] = print) -> Tuple[int, int, List[str]]:

@@ -32,6 +32,19 @@ class ConfigError(ValueError):
 # Allowed values, listed once: validation, the CLI's help and the modules that dispatch on them
 # read these.
 LOSS_KINDS = ("wgan-gp", "logistic-r1", "r3gan", "lsgan", "hinge")
+ARCHS = ("pggan", "stylegan")
+COND_D_MODES = ("projection", "acgan")
+IMPLS = ("auto", "ref", "triton")
+MODULATIONS = ("demod", "adain")
+FUSED_SCALES = ("auto", "always", "never")
+PENALTY_PRECISIONS = ("fp32", "bf16")
+AUGMENT_MODES = ("off", "fixed", "ada")
+SYNTHETIC_PYRAMIDS = ("box", "render")
+METRIC_NAMES = ("swd", "msssim", "fid", "kid")
+MIXED_PRECISIONS = ("auto", "no", "bf16")
+ENGINES = ("ddp", "deepspeed")
+ZERO_STAGES = (1, 2)            # what the DeepSpeed engine runs; 0 (no sharding) is --engine ddp
+ON_NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -364,12 +377,12 @@ def validate(cfg: Config) -> Config:
     if not (_pow2(s.start_res) and 4 <= s.start_res <= m.max_res):
         raise ConfigError(f"schedule.start_res must be a power of two in [4, max-res] "
                           f"(got {s.start_res})")
-    _choice(m.arch, ("pggan", "stylegan"), "model.arch")
-    _choice(m.cond_d, ("projection", "acgan"), "model.cond_d")
-    _choice(m.impl, ("auto", "ref", "triton"), "model.impl")
-    _choice(m.modulation, ("demod", "adain"), "model.modulation")
-    _choice(m.fused_scale, ("auto", "always", "never"), "model.fused_scale")
-    _choice(cfg.loss.penalty_precision, ("fp32", "bf16"), "loss.penalty_precision")
+    _choice(m.arch, ARCHS, "model.arch")
+    _choice(m.cond_d, COND_D_MODES, "model.cond_d")
+    _choice(m.impl, IMPLS, "model.impl")
+    _choice(m.modulation, MODULATIONS, "model.modulation")
+    _choice(m.fused_scale, FUSED_SCALES, "model.fused_scale")
+    _choice(cfg.loss.penalty_precision, PENALTY_PRECISIONS, "loss.penalty_precision")
     if m.img_channels not in (1, 3):
         raise ConfigError(f"model.img_channels must be 1 or 3 (got {m.img_channels})")
     for name in ("latent_dim", "fmap_base", "fmap_max", "fmap_min", "w_dim"):
@@ -420,8 +433,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
     if cfg.ema.ema_kimg < 0:
         raise ConfigError("ema.ema_kimg must be >= 0")
-    _choice(cfg.augment.mode, ("off", "fixed", "ada"), "augment.mode")
-    _choice(cfg.data.synthetic_pyramid, ("box", "render"), "data.synthetic_pyramid")
+    _choice(cfg.augment.mode, AUGMENT_MODES, "augment.mode")
+    _choice(cfg.data.synthetic_pyramid, SYNTHETIC_PYRAMIDS, "data.synthetic_pyramid")
     if not 0.0 <= cfg.augment.p <= 1.0:
         raise ConfigError(f"augment.p must be in [0, 1] (got {cfg.augment.p})")
     if cfg.data.num_workers < 0 or cfg.data.shuffle_buffer < 0:
@@ -439,10 +452,10 @@ def validate(cfg: Config) -> Config:
     if not all(isinstance(v, str) for v in cfg.metrics.names):
         raise ConfigError(f"metrics.names must be a list of names (got {cfg.metrics.names!r})")
     for name in cfg.metrics.names:
-        _choice(name, ("swd", "msssim", "fid", "kid"), "metrics.names entry")
-    _choice(t.mixed_precision, ("auto", "no", "bf16"), "mixed-precision")
-    _choice(t.engine, ("ddp", "deepspeed"), "engine")
-    if t.zero_stage not in (0, 1, 2):
+        _choice(name, METRIC_NAMES, "metrics.names entry")
+    _choice(t.mixed_precision, MIXED_PRECISIONS, "mixed-precision")
+    _choice(t.engine, ENGINES, "engine")
+    if t.zero_stage not in (0,) + ZERO_STAGES:
         raise ConfigError(f"zero-stage must be 0, 1 or 2 (got {t.zero_stage})")
     if t.total_kimg <= 0 or not math.isfinite(t.total_kimg):
         raise ConfigError(f"total-kimg must be a positive number (got {t.total_kimg})")
@@ -451,7 +464,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"train.{name} must be positive")
     if t.keep_last < 1:
         raise ConfigError("train.keep_last must be >= 1")
-    _choice(t.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
+    _choice(t.on_nonfinite, ON_NONFINITE, "train.on_nonfinite")
     if t.nonfinite_max_skips < 1:
         raise ConfigError(f"train.nonfinite_max_skips must be >= 1 (got {t.nonfinite_max_skips})")
     return cfg
@@ -479,7 +492,7 @@ CLI_OVERRIDES = {
     "--run-dir": ("train.run_dir", str, "run directory: checkpoints, snapshots, logs"),
     "--seed": ("train.seed", int, "global seed; data order and noise derive from "
                                   "(seed, rank, cur_nimg)"),
-    "--arch": ("model.arch", str, "pggan | stylegan"),
+    "--arch": ("model.arch", str, " | ".join(ARCHS)),
     "--loss": ("loss.kind", str, " | ".join(LOSS_KINDS)),
     "--impl": ("model.impl", str, "fused ops: auto (Triton on CUDA) | ref | triton"),
     "--mixed-precision": ("train.mixed_precision", str, "auto (bf16 on GPU) | no | bf16"),
@@ -489,7 +502,7 @@ CLI_OVERRIDES = {
                                                            "global batch comes from gradient "
                                                            "accumulation"),
     "--num-classes": ("model.num_classes", int, "number of classes for conditional models"),
-    "--augment": ("augment.mode", str, "off | fixed | ada"),
+    "--augment": ("augment.mode", str, " | ".join(AUGMENT_MODES)),
     "--snapshot-kimg": ("train.snapshot_kimg", float, "checkpoint/snapshot interval in kimg"),
     "--tick-kimg": ("train.tick_kimg", float, "progress/log interval in kimg"),
     "--num-workers": ("data.num_workers", int, "data loader workers per process"),
@@ -502,7 +515,8 @@ def add_config_args(parser) -> None:
     for flag, (path, tp, helptext) in CLI_OVERRIDES.items():
         parser.add_argument(flag, type=tp, default=None, help=f"{helptext} [{path}]")
     parser.add_argument("--metrics", default=None, metavar="LIST",
-                        help="comma-separated metrics: swd,msssim,fid,kid [metrics.names]")
+                        help=f"comma-separated metrics: {','.join(METRIC_NAMES)} "
+                             f"[metrics.names]")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config field, e.g. --set loss.r1_gamma=5 "
                              "(repeatable)")

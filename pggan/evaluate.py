@@ -12,7 +12,6 @@ skipped with a message without them. Bad input ends with one line on stderr and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,14 +23,11 @@ from pggan.config import ConfigError, DataConfig, MetricsConfig
 from pggan.snapshot import SnapshotError, load_snapshot
 
 from pggan.metrics.fid import WeightsError
-from pggan.metrics.runner import METRIC_NAMES, compute_metrics, parse_metric_names
+from pggan.files import atomic_write_json
+from pggan.metrics.runner import (METRIC_NAMES, compute_metrics, default_cache_dir,
+                                  parse_metric_names)
 
 PROG = "pggan-evaluate"
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pggan" / "metrics"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,10 +88,6 @@ def _init_distributed(device: torch.device):
         return env.rank, env.world_size, True
     return env.rank, env.world_size, False
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    from .files import atomic_write_text
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def summary_line(name: str, entry: dict) -> str:
@@ -161,7 +153,7 @@ def evaluate(args) -> Optional[dict]:
     for name, entry in metrics.items():
         print(summary_line(name, entry))
     if out is not None:
-        _write_json_atomic(out, result)
+        atomic_write_json(out, result, indent=2)
     return result
 
 

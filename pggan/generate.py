@@ -18,17 +18,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .config import ConfigError
+from .files import atomic_write, save_png
 from .snapshot import SnapshotError, load_snapshot
 
 PROG = "pggan-generate"
@@ -114,15 +114,10 @@ def check_targets(paths: Sequence[Path], overwrite: bool) -> None:
             raise GenerateError(f"{p} exists and is not a file")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) into a hidden temp file beside `path`, then rename it over `path`."""
-    from .files import atomic_write as _atomic_write
+def write_png(path: Path, img_uint8: torch.Tensor) -> None:
+    """uint8 [C, H, W] -> PNG at `path` (atomic; pggan.files.save_png), its directory made."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, write, fsync=False)
-
-
-def save_png(path: Path, img_uint8: torch.Tensor) -> None:
-    atomic_write(path, lambda tmp: to_pil(img_uint8).save(tmp, format="PNG"))
+    save_png(path, img_uint8.permute(1, 2, 0))                     # [H, W, C]
 
 
 def have_ffmpeg() -> bool:
@@ -148,7 +143,8 @@ def write_video(path: Path, frames: List[torch.Tensor], fps: float) -> None:
         def write(tmp: Path) -> None:
             pil_frames[0].save(tmp, format="GIF", save_all=True, append_images=pil_frames[1:],
                                duration=duration_ms, loop=0)
-    atomic_write(path, write)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write, fsync=False)     # an output a rerun recreates: no fsync wait
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +299,7 @@ def cmd_images(args: argparse.Namespace) -> List[Path]:
     pending = iter(paths)
     for batch in run.iter_images_from_z(latents_from_seeds(seeds, run.cfg.latent_dim)):
         for img in batch:                                           # saved as each batch ends
-            save_png(next(pending), img)
+            write_png(next(pending), img)
     return paths
 
 
@@ -316,7 +312,7 @@ def cmd_grid(args: argparse.Namespace) -> List[Path]:
         raise GenerateError(f"--cols {cols}: must be >= 1")
     run = Runner(args)
     imgs = run.images_from_z(latents_from_seeds(seeds, run.cfg.latent_dim))
-    save_png(out, tile(imgs, cols))
+    write_png(out, tile(imgs, cols))
     return [out]
 
 
@@ -373,7 +369,7 @@ def cmd_style_mix(args: argparse.Namespace) -> List[Path]:
     cells = [torch.zeros_like(imgs[0])] + list(col_imgs)
     for r in range(n_r):
         cells += [row_imgs[r]] + list(mix_imgs[r * n_c:(r + 1) * n_c])
-    save_png(out, tile(torch.stack(cells), n_c + 1))
+    write_png(out, tile(torch.stack(cells), n_c + 1))
     return [out]
 
 

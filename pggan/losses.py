@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LOSS_KINDS, LossConfig
-from .logging import report
+from .stats import report
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class PhaseOutput:
 
 
 class GANLoss:
-    """Computes a phase's loss on a micro-batch and reports every term (pggan.logging)."""
+    """Computes a phase's loss on a micro-batch and reports every term (pggan.stats)."""
 
     def __init__(self, cfg: LossConfig, num_classes: int = 0, cond_d: str = "projection"):
         if cfg.kind not in LOSS_KINDS:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .config import ConfigError, ModelConfig, config_from_dict, Config
-from .files import atomic_write
+from .files import atomic_torch_save, load_torch
 from .nets import build_generator
 
 FORMAT = "pggan-snapshot"
@@ -25,40 +25,18 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be used, worded as a one-line message."""
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to `path` via a temp file in the same directory + fsync + rename
-    (pggan.files.atomic_write)."""
-    def write(tmp):
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:
-            # torch's C++ writer reports a failed write (ENOSPC, EIO) as a RuntimeError.
-            import errno, os
-            st = os.statvfs(tmp.parent)
-            code = errno.ENOSPC if st.f_bavail * st.f_frsize < 1 << 20 else errno.EIO
-            raise OSError(code, f"{os.strerror(code)} ({str(e).splitlines()[0][:80]})",
-                          str(path)) from e
-    atomic_write(path, write)
-
-
 def save_snapshot(path, G_ema: torch.nn.Module, model_cfg: ModelConfig, res: int, alpha: float,
                   cur_nimg: int, extra: Optional[dict] = None) -> None:
     state = {k: v.detach().cpu() for k, v in G_ema.state_dict().items()}
-    atomic_torch_save({"format": FORMAT, "version": VERSION,
-                       "model": dataclasses.asdict(model_cfg), "G_ema": state,
-                       "res": int(res), "alpha": float(alpha), "cur_nimg": int(cur_nimg),
-                       "extra": extra or {}}, path)
+    atomic_torch_save(path, {"format": FORMAT, "version": VERSION,
+                             "model": dataclasses.asdict(model_cfg), "G_ema": state,
+                             "res": int(res), "alpha": float(alpha), "cur_nimg": int(cur_nimg),
+                             "extra": extra or {}})
 
 
 def read_snapshot(path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise SnapshotError(f"{path}: snapshot not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, ...
-        raise SnapshotError(f"{path}: not a readable snapshot ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120]})") from None
+    data = load_torch(path, "snapshot", SnapshotError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SnapshotError(f"{path}: not a pggan network snapshot (training states are "
                             f"read with --resume; snapshots are network-snapshot-*.pt)")

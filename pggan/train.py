@@ -19,12 +19,9 @@ import os
 import sys
 
 if __name__ == "__main__" and not __package__:
-    # Run as a file (`python pggan/train.py`, `accelerate launch pggan/train.py`): Python put
-    # pggan/ itself first on sys.path, where pggan/logging.py would shadow the standard
-    # library's logging. Put the repository root there instead.
-    _pkg_dir = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _pkg_dir]
-    sys.path.insert(0, os.path.dirname(_pkg_dir))
+    # Run as a file (`python pggan/train.py`, `accelerate launch pggan/train.py`): import the
+    # pggan of this checkout, installed or not (Python put pggan/ itself first on sys.path).
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -69,7 +66,7 @@ def create_trainer(cfg, args, engine=None):
     the run-directory lock (main)."""
     from pggan.config import save_resolved
     from pggan.training.checkpoint import read_training_state, resolve_resume
-    from pggan.training.engine import make_engine
+    from pggan.training.engine_factory import make_engine
     from pggan.training.loop import Trainer
     run_dir = Path(cfg.train.run_dir)
     if engine is None:
@@ -90,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from pggan.config import ConfigError, config_from_args
     from pggan.training.checkpoint import CheckpointError
-    from pggan.training.engine import make_engine
+    from pggan.training.engine_factory import make_engine
     from pggan.training.run_lock import RunLockError, take_run_lock
     try:
         cfg = config_from_args(args)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pggan.config import Config
-from pggan.logging import Collector, report
+from pggan.stats import Collector, report
 from pggan.ops.resample_conv import conv3x3_resample
 
 pytestmark = [pytest.mark.gpu,

@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pggan.config import Config
-from pggan.logging import Collector, report
+from pggan.stats import Collector, report
 from pggan.training.engine import Engine
 from pggan.training.loop import Trainer
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pggan.config import LossConfig
-from pggan.logging import Collector
+from pggan.stats import Collector
 from pggan.losses import (GANLoss, MicroBatch, Phase, d_adversarial, d_optimizer_ratio,
                           g_adversarial, gradient_penalty, make_phases, r1_penalty)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pggan.config import Config, ConfigError, Cosine, LossConfig, validate
-from pggan.logging import Collector
+from pggan.stats import Collector
 from pggan.losses import (GANLoss, MicroBatch, d_adversarial, g_adversarial, make_phases,
                           scores_and_grad_sq)
 from pggan.ops._dispatch import interpreter_enabled, triton_available

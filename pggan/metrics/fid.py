@@ -43,7 +43,7 @@ from typing import Optional
 
 import torch
 
-from pggan.snapshot import atomic_torch_save
+from pggan.files import atomic_torch_save, load_torch, sha256_file
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -90,11 +90,7 @@ def find_inception_weights(user_path: Optional[str] = None) -> Optional[Path]:
 
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)            # size and mtime: the cache key
 
 
 def weights_sha256(path: Path) -> str:
@@ -262,8 +258,8 @@ def load_cached_features(cache_dir, key: dict) -> Optional[torch.Tensor]:
     if not path.is_file():
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache file is recomputed and replaced
+        data = load_torch(path, "feature cache")
+    except ValueError:  # a damaged cache file is recomputed and replaced
         return None
     if not isinstance(data, dict) or data.get("key") != key:
         return None
@@ -277,6 +273,6 @@ def load_cached_features(cache_dir, key: dict) -> Optional[torch.Tensor]:
 def save_cached_features(cache_dir, key: dict, features: torch.Tensor) -> Path:
     path = cache_path(cache_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"format": "pggan-inception-features", "key": key,
-                       "features": features.float().cpu().contiguous()}, path)
+    atomic_torch_save(path, {"format": "pggan-inception-features", "key": key,
+                             "features": features.float().cpu().contiguous()})
     return path

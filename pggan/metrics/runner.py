@@ -18,12 +18,14 @@ Images are uint8 on `device`, processed in batches of `batch_size`.
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from pggan.config import DataConfig
+from pggan.config import METRIC_NAMES, DataConfig
 from pggan.data.seeds import derive_seed
 from pggan.data.synthetic import hash_uniform
 
@@ -34,8 +36,13 @@ from .fid import (FEATURES_VERSION, INSTALL_HINT, InceptionFeatures, find_incept
 from .msssim import MSSSIMAccumulator
 from .swd import SWDAccumulator
 
-METRIC_NAMES = ("swd", "msssim", "fid", "kid")
 INCEPTION_METRICS = ("fid", "kid")
+
+
+def default_cache_dir() -> Path:
+    """Where real-image features are cached between runs: $XDG_CACHE_HOME/pggan/metrics."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pggan" / "metrics"
 
 
 def parse_metric_names(names) -> list:

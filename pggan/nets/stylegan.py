@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ..config import MODULATIONS, ModelConfig
 from ..ops import bias_act, fade_in, pixel_norm, upsample2d
 from ..ops.demod import demod_coefficients
 from ..ops.noise_bias_act import noise_bias_act
@@ -219,8 +219,9 @@ class SynthesisBlock(nn.Module):
 class StyleGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig, start_res: int = 4):
         super().__init__()
-        if cfg.modulation not in ("demod", "adain"):
-            raise ValueError(f"model.modulation must be demod or adain (got {cfg.modulation!r})")
+        if cfg.modulation not in MODULATIONS:
+            raise ValueError(f"model.modulation must be one of {', '.join(MODULATIONS)} (got "
+                             f"{cfg.modulation!r})")
         self.cfg = cfg
         self.max_res, self.start_res = cfg.max_res, start_res
         self.latent_dim, self.w_dim, self.num_classes = cfg.latent_dim, cfg.w_dim, cfg.num_classes

@@ -39,8 +39,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..files import atomic_write_text
-from ..snapshot import atomic_torch_save
+from ..files import TEMP_GLOB, atomic_torch_save, atomic_write_json, load_torch
 
 FORMAT = "pggan-training-state"
 VERSION = 1
@@ -118,15 +117,8 @@ def load_optimizer_state_by_name(opt: torch.optim.Optimizer, module: nn.Module, 
 def read_training_state(path, mmap: bool = False) -> dict:
     """Load and check a training state file -> dict (CPU tensors). One-line errors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: training state not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # truncated, not a torch file, unsafe pickle, ...
-        msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}"
-                              f"{': ' + msg if msg else ''}); the file is damaged, resume from "
-                              f"another one") from None
+    data = load_torch(path, "training state", CheckpointError, mmap=mmap,
+                      hint="; the file is damaged, resume from another one")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         fmt = data.get("format") if isinstance(data, dict) else None
         hint = " (that is a network snapshot; --resume takes training-state-*.pt files)" \
@@ -267,7 +259,7 @@ class CheckpointIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": INDEX_FORMAT, "version": 1,
                 "checkpoints": [dataclasses.asdict(e) for e in self.entries]}
-        atomic_write_text(self.directory / INDEX_NAME, json.dumps(meta, indent=1) + "\n")
+        atomic_write_json(self.directory / INDEX_NAME, meta)
 
     def latest(self) -> Optional[IndexEntry]:
         return self.entries[-1] if self.entries else None
@@ -331,7 +323,7 @@ def save_training_state(run_dir, payload: dict, keep_last: int) -> Path:
     if bad:
         raise NonFiniteStateError(f"{directory / name}: not written, {len(bad)} tensors hold "
                                   f"NaN/Inf (e.g. {bad[0]}); the states already saved are kept")
-    atomic_torch_save(payload, directory / name)
+    atomic_torch_save(directory / name, payload)
     index = CheckpointIndex.load(directory)
     index.add(_entry_from_state(name, payload))
     index.prune(keep_last)
@@ -347,7 +339,7 @@ def remove_stale_temp_files(run_dir) -> List[str]:
     for d in (Path(run_dir), checkpoint_dir(run_dir)):
         if not d.is_dir():
             continue
-        for p in d.glob(".*.tmp-*"):
+        for p in d.glob(TEMP_GLOB):
             if p.is_file():
                 try:
                     p.unlink()

@@ -53,7 +53,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import ConfigError, TrainConfig
+from ..config import ZERO_STAGES, ConfigError, TrainConfig
 from .checkpoint import CheckpointError
 from .dist_env import DistEnvError, process_env
 from .engine import Engine, resolve_mixed_precision
@@ -61,7 +61,6 @@ from .optimizer_shards import (begin_shard_dir, commit_shard_dir, full_optimizer
                                shard_dir_name, shard_marker, shard_tmp_dir, write_shard)
 
 LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"
-ZERO_STAGES = (1, 2)
 
 # Keys of a DeepSpeed config file that the loop decides: refused with the reason.
 _REFUSED = {

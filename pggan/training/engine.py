@@ -4,7 +4,8 @@ The loop never touches torch.distributed or the launcher directly; it asks an `E
 here, `AccelerateEngine`, lets Hugging Face Accelerate own the launch: process group (NCCL on
 GPUs, gloo on CPU), device placement and the mixed-precision choice. `DeepSpeedEngine`
 (deepspeed_engine.py) implements the same interface for the same loop with ZeRO-sharded Adam
-states (`prepare_optimizers`, `save_optimizer_states`, `load_optimizer_states`).
+states (`prepare_optimizers`, `save_optimizer_states`, `load_optimizer_states`);
+engine_factory.make_engine picks one from the config (engine.py imports neither of them).
 
 Why G and D are not wrapped in DistributedDataParallel: progressive growing changes which
 blocks take part at every stage, and DDP either fails on parameters that got no gradient or, with
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -168,16 +169,3 @@ class AccelerateEngine(Engine):
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.barrier()
-
-
-def make_engine(train_cfg: TrainConfig, deepspeed_config: Optional[str] = None) -> Engine:
-    """--engine ddp: AccelerateEngine; --engine deepspeed: DeepSpeedEngine (ZeRO-1/2), with
-    `deepspeed_config` (default launch/deepspeed-zero<stage>.json)."""
-    if train_cfg.engine == "deepspeed":
-        from .deepspeed_engine import DeepSpeedEngine
-        return DeepSpeedEngine(train_cfg, deepspeed_config)
-    if deepspeed_config is not None:
-        raise ConfigError("--deepspeed-config needs --engine deepspeed")
-    if train_cfg.engine == "ddp":
-        return AccelerateEngine(train_cfg)
-    raise ConfigError(f"engine {train_cfg.engine}: choose ddp or deepspeed")

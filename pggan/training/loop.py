@@ -42,7 +42,8 @@ from ..config import Config, ConfigError
 from ..data.reals import prepare_reals
 from ..data.seeds import derive_seed
 from ..data.stream import make_train_stream
-from ..logging import Collector, RunLog, format_duration, image_grid, save_png
+from ..files import save_png
+from ..stats import Collector, RunLog, format_duration, image_grid
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
 from ..schedule import ResolutionSchedule, SchedulePoint, fade_ended_before
@@ -700,7 +701,7 @@ class Trainer:
     def _write_grid(self, point: SchedulePoint, wall_time: float) -> None:
         fakes = self._fakes(point)
         grid = image_grid(fakes)
-        save_png(grid, self.run_dir / "fakes-latest.png")
+        save_png(self.run_dir / "fakes-latest.png", grid)
         if point.res > TB_GRID_MAX_CELL:
             factor = point.res // TB_GRID_MAX_CELL
             fakes = torch.nn.functional.avg_pool2d(fakes, factor)
@@ -717,7 +718,7 @@ class Trainer:
                           self.cur_nimg, extra={"kimg": self.cur_nimg / 1000,
                                                 "boundary": boundary})
             pt = self._fakes(dataclasses.replace(point, res=res, alpha=alpha))
-            save_png(image_grid(pt), self.run_dir / f"fakes-{self.cur_nimg // 1000:06d}.png")
+            save_png(self.run_dir / f"fakes-{self.cur_nimg // 1000:06d}.png", image_grid(pt))
             self.log.console(f"  snapshot {name} ({res}x{res}, alpha {alpha:.3f})")
         self._write_on_main(write)
 
@@ -730,8 +731,7 @@ class Trainer:
         """metrics.names on G_ema at the resolution and fade of the last step, over all ranks
         (pggan.metrics.runner); results appended to RUN_DIR/metric-<name>.jsonl and logged
         to TensorBoard as Metrics/<name>. Reads no training state it could change."""
-        from ..evaluate import default_cache_dir
-        from ..metrics.runner import compute_metrics
+        from ..metrics.runner import compute_metrics, default_cache_dir
         cfg = self.cfg
         res, alpha = self.trained_point or (point.res, point.alpha)
         results = compute_metrics(

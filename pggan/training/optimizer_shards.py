@@ -29,7 +29,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..snapshot import atomic_torch_save
+from ..files import atomic_torch_save, load_torch
 from .checkpoint import CheckpointError
 
 SHARD_FORMAT = "pggan-optimizer-shard"
@@ -74,9 +74,9 @@ def write_shard(tmp_dir: Path, rank: int, world_size: int, zero_stage: int,
     "D": ...}; entry = {"numel", "shape", "start", "stop" (the slice of the flattened
     parameter), "sliced" (keys of `tensors` holding that slice), "tensors" (exp_avg,
     exp_avg_sq, ... sliced; step whole)}."""
-    atomic_torch_save({"format": SHARD_FORMAT, "version": SHARD_VERSION, "rank": rank,
-                       "world_size": world_size, "zero_stage": zero_stage, "nets": nets},
-                      Path(tmp_dir) / shard_file_name(rank, world_size))
+    atomic_torch_save(Path(tmp_dir) / shard_file_name(rank, world_size),
+                      {"format": SHARD_FORMAT, "version": SHARD_VERSION, "rank": rank,
+                       "world_size": world_size, "zero_stage": zero_stage, "nets": nets})
 
 
 def commit_shard_dir(directory: Path, cur_nimg: int) -> str:
@@ -99,12 +99,7 @@ def _read_shard(path: Path, where: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{where}: optimizer shard {path.parent.name}/{path.name} is "
                               f"missing; the checkpoint is incomplete, resume from another one")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file
-        msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: not a readable optimizer shard ({type(e).__name__}"
-                              f"{': ' + msg if msg else ''})") from None
+    data = load_torch(path, "optimizer shard", CheckpointError)
     if not isinstance(data, dict) or data.get("format") != SHARD_FORMAT or \
             data.get("version") != SHARD_VERSION:
         raise CheckpointError(f"{path}: not a pggan optimizer shard (version {SHARD_VERSION})")

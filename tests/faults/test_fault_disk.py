@@ -50,7 +50,7 @@ def test_disk_full_stops_cleanly(tmp_path):
 def test_a_failed_stats_line_leaves_no_half_line(tmp_path, monkeypatch):
     import errno
 
-    import pggan.logging as plog
+    import pggan.stats as plog
     path = tmp_path / "stats.jsonl"
     path.write_text('{"a": 1}\n')
     real_write = os.write

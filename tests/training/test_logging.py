@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pggan.logging import Collector, image_grid, report
+from pggan.stats import Collector, image_grid, report
 
 
 def test_report_outside_a_run_goes_nowhere():

@@ -24,8 +24,6 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .files import atomic_write
-
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("pggan_collector", default=None)
 
 
@@ -109,14 +107,6 @@ def image_grid(images: torch.Tensor, cols: Optional[int] = None) -> np.ndarray:
         r, q = divmod(i, cols)
         grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
     return grid.permute(1, 2, 0).numpy()                            # [H', W', C]
-
-
-def save_png(grid: np.ndarray, path: Path) -> None:
-    """Write a uint8 [H, W, C] grid as PNG via a temp file + rename."""
-    from PIL import Image
-    path = Path(path)
-    img = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), fsync=False)
 
 
 # --------------------------------------------------------------------------------------------
