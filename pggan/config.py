@@ -173,7 +173,9 @@ class AugmentConfig:
 class DataConfig:
     path: Optional[str] = None          # dataset.json dir/URL; None: built-in synthetic source
     num_workers: int = 2
-    shuffle_buffer: int = 1000
+    interleave_shards: int = 4          # remote shards (http(s), pipe:): shards read together
+                                        # and mixed per block of an epoch; each loader worker
+                                        # holds its share of one block's encoded images
     mirror: bool = True
     synthetic_pyramid: str = "box"      # built-in source: box (render at max_res, at most 64 px,
                                         # exact 2x2 means below: exact fade-in) | render (each
@@ -285,12 +287,22 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Options that no longer exist -> what to do instead (said when a config still sets one).
+REMOVED_OPTIONS = {
+    "data.shuffle_buffer": "the training stream is a permutation of the dataset per epoch, "
+                           "with no shuffle buffer; delete the line (remote shards mix "
+                           "data.interleave_shards shards per block)",
+}
+
+
 def _merge_section(obj: Any, data: dict, prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in names:
+            if where in REMOVED_OPTIONS:
+                raise ConfigError(f"option {where} was removed: {REMOVED_OPTIONS[where]}")
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise ConfigError(f"unknown option {where}{hint}")
@@ -437,13 +449,13 @@ def validate(cfg: Config) -> Config:
     _choice(cfg.data.synthetic_pyramid, SYNTHETIC_PYRAMIDS, "data.synthetic_pyramid")
     if not 0.0 <= cfg.augment.p <= 1.0:
         raise ConfigError(f"augment.p must be in [0, 1] (got {cfg.augment.p})")
-    if cfg.data.num_workers < 0 or cfg.data.shuffle_buffer < 0:
-        raise ConfigError("data.num_workers and data.shuffle_buffer must be >= 0")
+    if cfg.data.num_workers < 0:
+        raise ConfigError("data.num_workers must be >= 0")
     if cfg.data.num_workers > 256:
         raise ConfigError(f"data.num_workers must be at most 256 (got {cfg.data.num_workers})")
-    if cfg.data.shuffle_buffer > 1_000_000:
-        raise ConfigError(f"data.shuffle_buffer must be at most 1000000 samples (got "
-                          f"{cfg.data.shuffle_buffer})")
+    if not 1 <= cfg.data.interleave_shards <= 1024:
+        raise ConfigError(f"data.interleave_shards must be in [1, 1024] shards (got "
+                          f"{cfg.data.interleave_shards})")
     if not m.fir_filter or len(m.fir_filter) > 16 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             and v >= 0 for v in m.fir_filter) or sum(m.fir_filter) <= 0:

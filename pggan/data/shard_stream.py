@@ -1,49 +1,59 @@
-"""webdataset streams over one resolution's shard set (training: resampled; metrics: epoch).
+"""webdataset streams over one resolution's shard set (training: by position; metrics: epoch).
 
-Training stream (infinite): every (rank, worker) draws shards with replacement
-(wds.ResampledShards), expands the tars (tar_reader), shuffles in a buffer of encoded samples,
-decodes to uint8 in the worker and assembles batches (mirroring while it writes them into the
-worker's shared-memory slot, worker_pool.py). Batches are uint8 [B, C, res, res] in
-channels_last memory layout (the decoders' HWC order; see decode.DecodedBatch). All randomness
-is seeded from (seed, rank, worker, start_nimg, purpose), so starting again at the same
-`start_nimg` reads the same stream: a resumed run continues a reproducible stream. Ranks and
-workers differ only by their seeds, which is how a resampled stream is split across nodes and
-workers.
+Training stream (infinite): the image at global position p is a pure function of (seed, p)
+(order.py: a permutation per epoch, micro-step k of rank r at positions start_nimg +
+k * world_size * B + r * B + [0, B), worker w of W making k = w, w + W, ...). Local shards are
+memory-mapped and read by index: each worker scans a shard's tar headers once (offsets only, no
+image bytes) and then takes the images of its positions straight from the mapping. Remote shards
+(http(s), `pipe:`), which can only be read front to back, come in blocks of
+`data.interleave_shards` shards per epoch: a worker reads the shards of the block its next
+position lies in once, keeps the images of its own positions in that block (its share of the
+block's encoded bytes) and drops each after use. The left-right mirror of a position is a hash
+of (seed, position) as well. Decoding to uint8 and mirroring happen in the worker, while the
+batch is written into the worker's shared-memory slot (worker_pool.py); batches are uint8
+[B, C, res, res] in channels_last memory layout (the decoders' HWC order; see
+decode.DecodedBatch). So nothing needs to reopen the stream at a checkpoint, and a run resumed
+at any cur_nimg, on any number of processes with the same global batch and any number of
+workers, reads exactly the images an uninterrupted run reads.
+
+A damaged or unreachable shard stops the run with a one-line error naming it (a remote read is
+tried SHARD_READ_ATTEMPTS times first): skipping it would change which image every later
+position shows.
 
 Epoch stream (finite): each image exactly once over all ranks x workers. With at least as many
 shards as (rank, worker) slots the shards are dealt out (split by node, then by worker);
 with fewer, every slot reads every shard and keeps the images whose global index falls in its
 slot (index % slots), so the split stays exact and balanced for small shard sets.
 
-The pipelines are built inside each worker by a producer (`TrainBatches`, `EpochBatches`) that
-is told its worker id and count, so no stage looks up a process-global worker identity.
+The pipelines are built inside each worker by a producer (`PositionBatches`, `EpochBatches`)
+that is told its worker id and count, so no stage looks up a process-global worker identity.
 """
 from __future__ import annotations
 
-import random
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
+import numpy as np
+import torch
 import webdataset as wds
 
 from .dataset_info import IMAGE_EXTS, DatasetError, DatasetInfo
 from .decode import DecodedBatch, decode_native
-from .seeds import derive_seed
-from .tar_reader import expand_shards
+from .order import EpochOrder, mirror_flags, step_positions
+from .tar_reader import MappedShard, ShardReadError, _local_path, expand_shards, tar_members
 from .worker_pool import batch_stream, without_indices
 
 
-# Failed shard reads (damaged, truncated, mismatching dataset.json) a training worker skips with
-# a warning before it stops the run naming the shard: a resampled stream draws a bad shard again
-# and again, so a handful of skips already means the shard set needs fixing.
-SHARD_ERROR_BUDGET = 10
+# Times a training worker reads a remote shard (http(s), pipe:) before the run stops naming it:
+# a network read can fail once and succeed again; a damaged shard fails every time.
+SHARD_READ_ATTEMPTS = 3
 
 
 @dataclass
 class ErrorBudget:
-    """wds handler: warn and go on for up to `limit` failures (a flaky network read in a
-    resampled stream), then raise. limit=0: every failure raises (epoch mode must be exact)."""
+    """wds handler: warn and go on for up to `limit` failures, then raise as a one-line
+    DatasetError naming the shard. limit=0: every failure raises (the streams are exact)."""
     limit: int
     count: int = 0
 
@@ -78,8 +88,8 @@ class ExpandShards:
 
 @dataclass(frozen=True)
 class DecodeSample:
-    """wds sample dict -> (uint8 [res, res, C] decoder order, label or -1, global index), in
-    the worker."""
+    """wds sample dict -> (uint8 [res, res, C] decoder order, label or -1, global index, mirror
+    it), in the worker. The mirror decision is the sample's "__flip__" (training), else False."""
     res: int
     channels: int
     ext: str                # png | jpg | webp
@@ -94,30 +104,8 @@ class DecodeSample:
             raise DatasetError(f"{sample.get('__url__')}: sample {sample.get('__key__')} is "
                                f"{img.shape[1]}x{img.shape[0]}, expected {self.res}x{self.res}")
         cls = sample.get("cls")
-        return img, (int(cls) if cls is not None else -1), int(sample["__key__"])
-
-
-@dataclass(frozen=True)
-class SeededShuffle:
-    """wds.shuffle with its own rng (seeded for this worker)."""
-    bufsize: int
-    seed: int
-
-    def __call__(self, src):
-        return wds.shuffle(self.bufsize, initial=min(self.bufsize, 100),
-                           rng=random.Random(self.seed))(src)
-
-
-@dataclass(frozen=True)
-class SeededMirror:
-    """Decides the left-right flip of each sample (probability 1/2); the flip itself is done
-    while the batch is written. Adds a fourth element, the flag."""
-    seed: Optional[int]                     # None: never flip
-
-    def __call__(self, src):
-        rng = random.Random(self.seed) if self.seed is not None else None
-        for sample in src:
-            yield sample + ((rng is not None and rng.random() < 0.5),)
+        return (img, (int(cls) if cls is not None else -1), int(sample["__key__"]),
+                bool(sample.get("__flip__", False)))
 
 
 @dataclass(frozen=True)
@@ -141,6 +129,7 @@ class ShardSet:
     ext: str                # png | jpg | webp
     labelled: bool
     digests: Tuple[Tuple[str, int, str], ...] = ()     # (url, bytes, sha256) per shard
+    sizes: Tuple[int, ...] = ()         # images per shard (shard s: the indices after s-1's)
 
     @classmethod
     def of(cls, info: DatasetInfo, res: int, img_channels: Optional[int],
@@ -155,52 +144,253 @@ class ShardSet:
                                f"{img_channels}")
         urls = info.shard_urls(res)
         digests = tuple((u, s.num_bytes, s.sha256) for u, s in zip(urls, info.shards[res]))
+        sizes = tuple(s.num_images for s in info.shards[res])
         if num_shards is not None:
-            urls, digests = urls[:num_shards], digests[:num_shards]
+            urls, digests, sizes = urls[:num_shards], digests[:num_shards], sizes[:num_shards]
         return cls(tuple(urls), res, info.channels, IMAGE_EXTS[info.image_formats[res]],
-                   info.num_classes > 0, digests)
+                   info.num_classes > 0, digests, sizes)
 
     def decode(self):
         return wds.map(DecodeSample(self.res, self.channels, self.ext))
 
 
+def _read_error(exn: Exception, url: str) -> DatasetError:
+    """A failed shard read as the one-line DatasetError the trainer prints (ErrorBudget's)."""
+    if not exn.args or exn.args[-1] != url:
+        exn.args = exn.args + (url,)
+    try:
+        ErrorBudget(limit=0)(exn)
+    except DatasetError as err:
+        return err
+    raise AssertionError("unreachable")                 # pragma: no cover
+
+
+class MappedImages:
+    """Random access to the images of local shards: image index -> wds sample dict, its bytes
+    a view of the memory-mapped shard (no copy for members of 64 KiB or more).
+
+    A shard is mapped and indexed on first use: one pass over its tar headers records each
+    image member's (offset, size) in bytes and parses its label, touching no image bytes;
+    [images] int64 arrays, about 20 bytes per image. Its size is checked against dataset.json
+    when it is opened (tar_reader.py)."""
+
+    def __init__(self, shards: "ShardSet", order: EpochOrder):
+        self.shards, self.order = shards, order
+        self.index: Dict[int, tuple] = {}           # shard -> (mapped, offsets, sizes, labels)
+
+    def _open(self, s: int) -> tuple:
+        url = self.shards.urls[s]
+        first, n = int(self.order.shard_first[s]), int(self.shards.sizes[s])
+        try:
+            mapped = MappedShard(_local_path(url), sequential=False)
+            if self.shards.digests and len(mapped.view) != self.shards.digests[s][1]:
+                raise ShardReadError(f"shard is {len(mapped.view)} bytes but dataset.json "
+                                     f"records {self.shards.digests[s][1]} (truncated or "
+                                     f"replaced)", url)
+            offsets = np.full(n, -1, dtype=np.int64)
+            sizes = np.zeros(n, dtype=np.int64)
+            labels = np.full(n, -1, dtype=np.int64)
+            for name, (offset, size) in tar_members(mapped, url, spans=True):
+                slash = name.rfind("/") + 1
+                key, _, ext = name[slash:].partition(".")
+                if ext != self.shards.ext and ext != "cls":
+                    continue
+                local = int(key) - first if key.isdigit() else -1
+                if not 0 <= local < n:
+                    raise ShardReadError(f"member {name} is not one of images {first}.."
+                                         f"{first + n - 1} that dataset.json places here", url)
+                if ext == "cls":
+                    labels[local] = int(mapped.member(offset, size))
+                else:
+                    offsets[local], sizes[local] = offset, size
+            missing = np.flatnonzero(offsets < 0)
+            if missing.size:
+                raise ShardReadError(f"image {first + int(missing[0])} is missing", url)
+        except DatasetError:
+            raise
+        except Exception as exn:                # noqa: BLE001 (reported as one line)
+            raise _read_error(exn, url) from exn
+        got = self.index[s] = (mapped, offsets, sizes, labels)
+        return got
+
+    def samples(self, images: np.ndarray) -> list:
+        out = []
+        for image, s in zip(images.tolist(), self.order.shard_of(images).tolist()):
+            entry = self.index.get(s) or self._open(s)
+            local = image - int(self.order.shard_first[s])
+            sample = {"__key__": image, "__url__": self.shards.urls[s],
+                      self.shards.ext: entry[0].member(int(entry[1][local]),
+                                                       int(entry[2][local]))}
+            if self.shards.labelled:
+                sample["cls"] = int(entry[3][local])
+            out.append(sample)
+        return out
+
+
+class BlockImages:
+    """The images of remote shards, read a block at a time (order.py): when a reader reaches a
+    position in a block it has not read, it reads the block's shards front to back (each once,
+    hashed against dataset.json while it streams, tar_reader.py) and keeps the samples of its
+    own positions from there to the block's end; each is dropped when it is used."""
+
+    def __init__(self, shards: "ShardSet", order: EpochOrder, steps: "WorkerSteps"):
+        self.shards, self.order, self.steps = shards, order, steps
+        self.held: Dict[int, dict] = {}             # image index -> encoded sample
+        self.loaded_end = -1                        # global position the held block ends at
+
+    def _read_shard(self, s: int, wanted: set) -> Dict[int, dict]:
+        url = self.shards.urls[s]
+        expected = {u: (n, h) for u, n, h in self.shards.digests} if self.shards.digests \
+            else None
+        for attempt in range(1, SHARD_READ_ATTEMPTS + 1):
+            failure = []
+            got = {int(smp["__key__"]): smp
+                   for smp in expand_shards([{"url": url}], lambda e: failure.append(e),
+                                            expected)
+                   if int(smp["__key__"]) in wanted}
+            if not failure:
+                return got
+            if attempt < SHARD_READ_ATTEMPTS:
+                warnings.warn(f"data stream: reading {url} failed ({failure[0]!r}); trying "
+                              f"again ({SHARD_READ_ATTEMPTS - attempt} more)", RuntimeWarning,
+                              stacklevel=2)
+        raise _read_error(failure[0], url)
+
+    def _load(self, position: int) -> None:
+        first, end = self.order.block_span(position)
+        mine = self.steps.positions_between(position, end)
+        wanted = self.order.images(mine)
+        by_shard = self.order.shard_of(wanted)
+        for s in np.unique(by_shard).tolist():
+            want = set(wanted[by_shard == s].tolist())
+            got = self._read_shard(s, want)
+            if len(got) != len(want):
+                missing = min(want - set(got))
+                raise DatasetError(f"{self.shards.urls[s]}: image {missing} that dataset.json "
+                                   f"places in this shard is not in it; run data_prep again")
+            self.held.update(got)
+        self.loaded_end = end
+
+    def samples_at(self, positions: np.ndarray, images: np.ndarray) -> list:
+        out = []
+        for p, image in zip(positions.tolist(), images.tolist()):
+            if p >= self.loaded_end:
+                self._load(p)
+            out.append(self.held.pop(image))
+        return out
+
+
 @dataclass(frozen=True)
-class TrainBatches:
-    """Producer of the resampled training pipeline for worker `worker` of `num_workers`."""
+class WorkerSteps:
+    """The positions one (rank, worker) reads: micro-steps k = worker, worker + workers, ...
+    (order.step_positions)."""
+    start_nimg: int
+    rank: int
+    world_size: int
+    batch: int
+    worker: int
+    workers: int
+
+    def positions(self, k: int) -> np.ndarray:
+        return step_positions(self.start_nimg, k, self.rank, self.world_size, self.batch)
+
+    def positions_between(self, lo: int, hi: int) -> np.ndarray:
+        """This reader's positions p with lo <= p < hi, in order."""
+        stride = self.world_size * self.batch
+        k = max(0, (lo - self.start_nimg - self.rank * self.batch) // stride)
+        k += (self.worker - k) % self.workers
+        parts = []
+        while True:
+            pos = self.positions(k)
+            if pos[0] >= hi:
+                break
+            parts.append(pos[(pos >= lo) & (pos < hi)])
+            k += self.workers
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StepSamples:
+    """First stage of the training pipeline: the encoded samples of each micro-step of one
+    worker, in order, each marked with its mirror decision ("__flip__")."""
+    shards: "ShardSet"
+    order: EpochOrder
+    steps: WorkerSteps
+    seed: int
+    mirror: bool
+
+    def __call__(self):
+        random_access = self.order.interleave == 0
+        source = MappedImages(self.shards, self.order) if random_access else \
+            BlockImages(self.shards, self.order, self.steps)
+        k = self.steps.worker
+        while True:
+            positions = self.steps.positions(k)                 # [B] int64
+            images = self.order.images(positions)
+            samples = source.samples(images) if random_access else \
+                source.samples_at(positions, images)
+            flips = mirror_flags(torch.from_numpy(positions), self.seed).tolist() \
+                if self.mirror else [False] * len(samples)
+            for sample, flip in zip(samples, flips):
+                sample["__flip__"] = flip
+                yield sample
+            k += self.steps.workers
+
+
+@dataclass(frozen=True)
+class PositionBatches:
+    """Producer of the training pipeline for worker `worker` of `num_workers` on rank `rank`:
+    read (by index or by block), decode, batch; the pool takes the workers in turn, so the
+    stream is micro-step 0, 1, 2, ... whatever the number of workers."""
     shards: ShardSet
+    order: EpochOrder
     batch: int
     seed: int
     rank: int
+    world_size: int
     start_nimg: int
-    shuffle_buffer: int
     mirror: bool
 
     def __call__(self, worker: int, num_workers: int):
-        def seed(purpose: str) -> int:
-            return derive_seed(self.seed, self.rank, worker, self.start_nimg, purpose)
-        shard_seed = seed("shards")
-        stages = [wds.ResampledShards(list(self.shards.urls), worker_seed=lambda: shard_seed,
-                                      deterministic=True),
-                  ExpandShards(ErrorBudget(limit=SHARD_ERROR_BUDGET), self.shards.digests)]
-        if self.shuffle_buffer > 1:
-            stages.append(SeededShuffle(self.shuffle_buffer, seed("shuffle")))
-        stages.append(self.shards.decode())
-        stages.append(SeededMirror(seed("mirror") if self.mirror else None))
-        stages.append(wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled),
-                                  partial=False))
-        return iter(wds.DataPipeline(*stages))
+        steps = WorkerSteps(self.start_nimg, self.rank, self.world_size, self.batch, worker,
+                            num_workers)
+        return iter(wds.DataPipeline(
+            StepSamples(self.shards, self.order, steps, self.seed, self.mirror),
+            self.shards.decode(),
+            wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled, True),
+                        partial=False)))
 
+
+def _random_access(urls: Tuple[str, ...]) -> bool:
+    """Whether the shards can be memory-mapped (local files on a filesystem that maps them);
+    else they are read front to back (http(s), pipe:, a FUSE mount without mmap)."""
+    path = _local_path(urls[0])
+    if path is None:
+        return False
+    try:
+        MappedShard(path, sequential=False).close()
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        return True                     # the reader names the shard when it opens it
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def shard_train_stream(info: DatasetInfo, res: int, *, batch_per_gpu: int, seed: int, rank: int,
-                       start_nimg: int, img_channels: Optional[int], mirror: bool,
-                       shuffle_buffer: int, num_workers: int,
-                       pin_memory: bool = False) -> Iterator:
-    """Infinite iterator of (uint8 [B, C, res, res] channels_last, int64 [B] or None)."""
+                       world_size: int, start_nimg: int, img_channels: Optional[int],
+                       mirror: bool, interleave_shards: int, num_workers: int,
+                       pin_memory: bool = False, with_index: bool = False) -> Iterator:
+    """Infinite iterator of (uint8 [B, C, res, res] channels_last, int64 [B] or None): the
+    images of rank `rank`'s positions (module docstring). with_index=True adds a third
+    element, the int64 [B] global image indices."""
     shards = ShardSet.of(info, res, img_channels)
-    producer = TrainBatches(shards, batch_per_gpu, seed, rank, start_nimg, shuffle_buffer, mirror)
-    return without_indices(batch_stream(producer, num_workers, batch_per_gpu,
-                                        (res, res, shards.channels), pin_memory=pin_memory))
+    interleave = 0 if _random_access(shards.urls) else interleave_shards
+    order = EpochOrder(seed, shards.sizes, interleave)
+    producer = PositionBatches(shards, order, batch_per_gpu, seed, rank, world_size, start_nimg,
+                               mirror)
+    stream = batch_stream(producer, num_workers, batch_per_gpu, (res, res, shards.channels),
+                          pin_memory=pin_memory)
+    return stream if with_index else without_indices(stream)
 
 
 @dataclass(frozen=True)
@@ -251,7 +441,6 @@ class EpochBatches:
             ExpandShards(ErrorBudget(limit=0), self.shards.digests),
             EpochSelect(slot, slots, self.num_images, split_by_shard),
             self.shards.decode(),
-            SeededMirror(None),
             wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled, True),
                         partial=True),
         ))

@@ -1,7 +1,8 @@
 """Entry points of the data stream: one call per resolution.
 
-`make_train_stream` (infinite, shuffled, mirrored) feeds the training loop; the loop calls it
-again with the new resolution when the schedule grows. `make_epoch_stream` (finite, each image
+`make_train_stream` (infinite, mirrored; the image at each global position a pure function
+of (seed, position), order.py) feeds the training loop; the loop calls it again with the new
+resolution when the schedule grows, and never at a checkpoint. `make_epoch_stream` (finite, each image
 once over all ranks and workers) feeds the metrics. `data_cfg.path` None means the built-in
 synthetic source; otherwise a directory, http(s) URL base or `pipe:` command holding the
 dataset.json that data_prep wrote.
@@ -42,19 +43,25 @@ def _check_common(res: int, batch: int, rank: int, world_size: int) -> None:
 
 def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, seed: int,
                       rank: int, world_size: int, start_nimg: int, img_channels: int,
-                      pin_memory: bool = False, top_res: Optional[int] = None) -> Iterator:
+                      pin_memory: bool = False, top_res: Optional[int] = None,
+                      with_index: bool = False) -> Iterator:
     """Infinite iterator of (images uint8 [B, C, res, res] CPU, labels int64 [B] or None).
 
-    Synthetic source: the images of global positions start_nimg + k * world_size * B +
-    rank * B + [0, B) at micro-step k, so 1 and N processes see the same global batch.
-    Shards: a resampled, shuffled webdataset stream seeded from (seed, rank, worker, start_nimg).
+    Micro-step k holds the images of global positions start_nimg + k * world_size * B +
+    rank * B + [0, B), so 1 and N processes see the same global batch and a stream opened at
+    any start_nimg continues an uninterrupted one exactly. Synthetic source: image p rendered
+    from (seed, p). Shards: a permutation of the dataset per epoch (shard_stream.py).
     `top_res`: the run's max_res; the synthetic source's box pyramid starts there (with
-    data.synthetic_pyramid box). Shard sets carry their pyramid already.
+    data.synthetic_pyramid box). Shard sets carry their pyramid already. with_index=True
+    (shards only) adds a third element, the int64 [B] global image indices.
     """
     _check_common(res, batch_per_gpu, rank, world_size)
     if start_nimg < 0:
         raise DatasetError(f"data stream: start_nimg must be >= 0 (got {start_nimg})")
     if data_cfg.path is None:
+        if with_index:
+            raise DatasetError("make_train_stream: with_index needs a shard dataset (the "
+                               "synthetic source's index is the position)")
         return synthetic_train_stream(res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
                                       world_size=world_size, start_nimg=start_nimg,
                                       img_channels=img_channels, mirror=data_cfg.mirror,
@@ -62,9 +69,11 @@ def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, see
                                       top_res=synthetic_top(data_cfg, top_res))
     info = load_dataset_info(data_cfg.path)
     return shard_train_stream(info, res, batch_per_gpu=batch_per_gpu, seed=seed, rank=rank,
-                              start_nimg=start_nimg, img_channels=img_channels,
-                              mirror=data_cfg.mirror, shuffle_buffer=data_cfg.shuffle_buffer,
-                              num_workers=data_cfg.num_workers, pin_memory=pin_memory)
+                              world_size=world_size, start_nimg=start_nimg,
+                              img_channels=img_channels, mirror=data_cfg.mirror,
+                              interleave_shards=data_cfg.interleave_shards,
+                              num_workers=data_cfg.num_workers, pin_memory=pin_memory,
+                              with_index=with_index)
 
 
 def make_epoch_stream(data_cfg: DataConfig, res: int, *, batch_size: int, rank: int,

@@ -19,20 +19,15 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from .order import mirror_flags, step_positions
 from .pyramid import box_pyramid_uint8
-from .synthetic import hash_uniform, synthetic_images
+from .synthetic import synthetic_images
 from .worker_pool import batch_stream, without_indices
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
-# hash_uniform(seed, i, count)[:, k] does not depend on `count`; synthetic_images reads the first
-# few parameters of each position, the mirror decision reads this one, far past them.
-_MIRROR_PARAM = 63
-
-
-def synthetic_mirror_flags(positions: torch.Tensor, seed: int) -> torch.Tensor:
-    """[N] int64 positions -> [N] bool: flip this image left-right (probability 1/2)."""
-    return hash_uniform(seed, positions, _MIRROR_PARAM + 1)[:, _MIRROR_PARAM] < 0.5
+# The mirror decision of a position is the shard stream's (order.mirror_flags).
+synthetic_mirror_flags = mirror_flags
 
 
 def synthetic_pyramid_images(positions: torch.Tensor, res: int, channels: int, seed: int,
@@ -86,9 +81,8 @@ class SyntheticSteps:
 
     def batch(self, k: int) -> torch.Tensor:
         """uint8 [B, C, res, res]: micro-step k of this rank."""
-        step_nimg = self.world_size * self.batch_per_gpu      # images per micro-step, all ranks
-        first = self.start_nimg + k * step_nimg + self.rank * self.batch_per_gpu
-        positions = first + torch.arange(self.batch_per_gpu, dtype=torch.int64)
+        positions = torch.from_numpy(step_positions(self.start_nimg, k, self.rank,
+                                                    self.world_size, self.batch_per_gpu))
         return synthetic_batch(positions, self.res, self.img_channels, self.seed, self.mirror,
                                self.top_res)
 

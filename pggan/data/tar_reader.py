@@ -54,8 +54,10 @@ def _octal(field: bytes, url: str) -> int:
         raise ShardReadError(f"bad number in tar header {field!r}", url) from None
 
 
-def tar_members(stream, url: str) -> Iterator[Tuple[str, bytes]]:
-    """(member name, data) of the regular files of a tar byte stream, in order."""
+def tar_members(stream, url: str, spans: bool = False) -> Iterator[Tuple[str, object]]:
+    """(member name, data) of the regular files of a tar byte stream, in order. spans=True
+    (`stream` a MappedShard): (member name, (offset, size)) in bytes, without touching the
+    members' data (the random-access index of shard_stream.py)."""
     read = stream.read
     next_name: Optional[str] = None
     while True:
@@ -72,13 +74,21 @@ def tar_members(stream, url: str) -> Iterator[Tuple[str, bytes]]:
             raise ShardReadError("tar header checksum mismatch (damaged shard)", url)
         size = _octal(header[124:136], url)
         kind = header[156:157]
-        data = read(size) if size else b""
-        if len(data) < size:
-            raise ShardReadError("unexpected end of data in a tar member", url)
-        pad = -size % _BLOCK
-        if pad and len(read(pad)) < pad:
-            raise ShardReadError("unexpected end of data in tar padding", url)
-        if kind in (b"0", b"\0", b"7"):
+        regular = kind in (b"0", b"\0", b"7")
+        if spans and regular:
+            data = (stream.pos, size)
+            got = stream.skip(size + (-size % _BLOCK))
+            if got < size + (-size % _BLOCK):
+                raise ShardReadError("unexpected end of data in a tar "
+                                     f"{'member' if got < size else 'padding'}", url)
+        else:
+            data = read(size) if size else b""
+            if len(data) < size:
+                raise ShardReadError("unexpected end of data in a tar member", url)
+            pad = -size % _BLOCK
+            if pad and len(read(pad)) < pad:
+                raise ShardReadError("unexpected end of data in tar padding", url)
+        if regular:
             if next_name is None:
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
                 prefix = header[345:500].split(b"\0", 1)[0]
@@ -103,14 +113,16 @@ class MappedShard:
     small reads (headers, labels) and memoryviews of the mapping for large members. The mapping
     lives as long as any view of it."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, sequential: bool = True):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             # mmap keeps its own handle of the file; an empty file cannot be mapped.
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        if size and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+        if sequential and size and hasattr(mapped, "madvise") and \
+                hasattr(mmap, "MADV_SEQUENTIAL"):
             # Read ahead aggressively: the shard is read front to back (network filesystems
-            # would otherwise fetch it one page fault at a time).
+            # would otherwise fetch it one page fault at a time). Random access (the training
+            # stream) keeps the kernel's default read-ahead.
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         self.view = memoryview(mapped)
         self.pos = 0
@@ -119,6 +131,16 @@ class MappedShard:
         start, self.pos = self.pos, min(self.pos + n, len(self.view))
         part = self.view[start:self.pos]
         return part if len(part) >= _VIEW_MIN else part.tobytes()
+
+    def skip(self, n: int) -> int:
+        """Move on by `n` bytes without reading them -> the bytes skipped (fewer at the end)."""
+        start, self.pos = self.pos, min(self.pos + n, len(self.view))
+        return self.pos - start
+
+    def member(self, offset: int, size: int):
+        """The bytes [offset, offset + size) of the shard, as `read` would return them."""
+        part = self.view[offset:offset + size]
+        return part if size >= _VIEW_MIN else part.tobytes()
 
     def close(self) -> None:
         self.view = memoryview(b"")         # the mapping goes with the last member view

@@ -213,7 +213,7 @@ class WorkerPool:
         proc.join(_GRACE_S)
         raise DatasetError(f"data loader worker {w} of {len(self.procs)} died "
                            f"({_describe_exit(proc.exitcode)}); if it was killed for memory, "
-                           f"lower --num-workers or data.shuffle_buffer")
+                           f"lower --num-workers (remote shards: or data.interleave_shards)")
 
     def __next__(self) -> Batch:
         while self.active:

@@ -17,12 +17,10 @@ optimizer states; everything else is a function of them: schedule position, the 
 penalty weights of a step (a torch.Generator seeded by (seed, cur_nimg) that draws the global
 batch, each rank taking its rows, so 1 and N processes draw the same numbers), the global torch
 RNG for randomness inside modules (seeded each step by (seed, rank, cur_nimg)), and the data
-stream (rebuilt at cur_nimg at every stage change and after every checkpoint, so an
-uninterrupted run and a resumed one open it at the same positions). The one exception: a state
-saved on a stop signal lies between the regular checkpoints, so with a shard dataset (whose
-shuffled stream depends on where it was opened) the resumed run reads other, equally random,
-images than an uninterrupted one would; the built-in synthetic source is a pure function of the
-image position and stays exact.
+stream: the image at each global position is a pure function of (seed, position)
+(pggan/data/order.py), so the stream is opened at cur_nimg at the start and at each stage
+change only, and a run resumed from any state, a stop signal's included, reads exactly the
+images the uninterrupted run reads.
 """
 from __future__ import annotations
 
@@ -765,7 +763,5 @@ class Trainer:
             path = save_training_state(self.run_dir, payload, self.cfg.train.keep_last)
             self.log.console(f"  training state {path.name} ({kind})")
         self._write_on_main(write)                          # collective: every rank
-        # Both an uninterrupted run and one resumed from this state reopen the stream here.
-        self.stream = None
         self.next_save_nimg = (self.cur_nimg // self.snapshot_nimg + 1) * self.snapshot_nimg
 

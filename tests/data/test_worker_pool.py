@@ -93,7 +93,7 @@ def test_one_worker_shard_stream_equals_the_in_process_stream(labelled_dataset):
     two streams must agree batch for batch (more batches than slots)."""
     def take(num_workers):
         stream = make_train_stream(DataConfig(path=str(labelled_dataset),
-                                              num_workers=num_workers, shuffle_buffer=10), 16,
+                                              num_workers=num_workers), 16,
                                    batch_per_gpu=5, seed=7, rank=0, world_size=1,
                                    start_nimg=0, img_channels=3)
         return [next(stream) for _ in range(10)]
