@@ -23,6 +23,9 @@ of pggan.losses.make_phases; a phase that runs every k-th step counts 1/k per st
   D adversarial phase  F_G (fakes, no grad) + 2 F_D (reals, fakes) + 4 F_D (their backward)
                        [+ 4 F_D penalty for wgan-gp, or for logistic-r1 with r1_interval 0]
   D_reg phase (lazy R1, every r1_interval steps)      4 F_D
+                 [r3gan: + F_G (fakes) + 4 F_D (R2)]
+  r3gan D phase with R1 + R2 on every step: the adversarial phase + 2 x 3 F_D (the penalties
+                 share the adversarial forwards)
   G phase              F_G + F_D + 1 F_D (D's input gradient) + 2 F_G (G's backward)
 
   PGGAN's WGAN-GP step: (F_G + 10 F_D) + (3 F_G + 2 F_D) = 4 F_G + 12 F_D per image.
@@ -248,8 +251,10 @@ def step_flops(cfg: Config, res: int, alpha: float = 1.0) -> StepFlops:
             cost += f_g + 2 * (1 + BACKWARD_MULT) * f_d
             if cfg.loss.kind == "wgan-gp":
                 cost += penalty
-        if phase.r1:
-            cost += penalty
+        if phase.adversarial and phase.r2:
+            cost += 2 * (penalty - f_d)     # R1 + R2 on the adversarial forwards (r3gan)
+        elif phase.r1:
+            cost += penalty * (2 if phase.r2 else 1) + (f_g if phase.r2 else 0.0)
         d_total += cost / phase.interval
     return StepFlops(g_forward=f_g, d_forward=f_d, d_phases=d_total, g_phase=g_total)
 

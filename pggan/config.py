@@ -45,6 +45,9 @@ MIXED_PRECISIONS = ("auto", "no", "bf16")
 ENGINES = ("ddp", "deepspeed")
 ZERO_STAGES = (1, 2)            # what the DeepSpeed engine runs; 0 (no sharding) is --engine ddp
 ON_NONFINITE = ("stop", "skip")
+# loss.r1_interval when null, per kind with an R1 term: StyleGAN2's lazy R1 every 16 D steps;
+# R3GAN's R1 + R2 on every D step (the paper's; a lazy interval is measured in RESULTS.md).
+DEFAULT_R1_INTERVAL = {"logistic-r1": 16, "r3gan": 0}
 
 
 @dataclass
@@ -137,8 +140,9 @@ class LossConfig:
     gp_target: float = 1.0
     drift_eps: float = 0.001
     r1_gamma: float = 10.0              # logistic-r1: R1 weight; r3gan: gamma of R1 and R2
-    r1_interval: int = 16               # logistic-r1 lazy regularisation: R1 every N D steps
-                                        # (0: every step); r3gan always regularises every step
+    r1_interval: Optional[int] = None   # lazy regularisation: R1 (logistic-r1) or R1 + R2
+                                        # (r3gan) every N D steps, times N; 0: every step.
+                                        # None: the kind's default (DEFAULT_R1_INTERVAL)
     gamma_ramp: Cosine = field(default_factory=Cosine)    # replaces r1_gamma when kimg > 0
     acgan_weight: float = 1.0           # weight of the class loss when cond_d is acgan
     penalty_precision: str = "fp32"     # GP / R1 passes: fp32 | bf16 (autocast; the squared
@@ -439,8 +443,9 @@ def validate(cfg: Config) -> Config:
                           "overfitting instead)")
     if cfg.ema.beta_per_step is not None and not 0.0 <= cfg.ema.beta_per_step < 1.0:
         raise ConfigError(f"ema.beta_per_step must be in [0, 1) (got {cfg.ema.beta_per_step})")
-    if cfg.loss.r1_interval < 0:
-        raise ConfigError("loss.r1_interval must be >= 0")
+    if cfg.loss.r1_interval is not None and cfg.loss.r1_interval < 0:
+        raise ConfigError("loss.r1_interval must be >= 0 (0: every step; null: the kind's "
+                          "default)")
     if not (0.0 <= cfg.optim.beta1 < 1.0 and 0.0 <= cfg.optim.beta2 < 1.0):
         raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
     if cfg.ema.ema_kimg < 0:

@@ -6,7 +6,8 @@
   logistic-r1  D: softplus(D(fake)) + softplus(-D(real)),  R1 = gamma/2 * |grad_x D(real)|^2
                G: softplus(-D(fake))                (non-saturating; StyleGAN2, lazy R1)
   r3gan        D: softplus(-(D(real) - D(fake))) + gamma/2 * (R1 + R2),
-                  R1 = |grad_x D(real)|^2, R2 = |grad_x D(fake)|^2, both on every D step
+                  R1 = |grad_x D(real)|^2, R2 = |grad_x D(fake)|^2, on every D step (or lazily,
+                  every loss.r1_interval steps)
                G: softplus(-(D(fake) - D(real)))    (relativistic pairing loss, RpGAN + R1 + R2;
                                                     Huang et al., NeurIPS 2024, eq. 5-6)
   lsgan        D: ((D(real) - 1)^2 + D(fake)^2) / 2,  G: (D(fake) - 1)^2 / 2
@@ -30,6 +31,9 @@ A training step is a list of `Phase`s (data, not branches): which network a phas
 which steps it runs and which terms it computes. Lazy R1 (StyleGAN2 sec. 4) is a `D_reg` phase
 every `r1_interval` D steps whose loss is multiplied by the interval; D's Adam then runs with
 lr * c and betas ** c, c = interval / (interval + 1), to keep the effective step the same.
+r3gan with `r1_interval` N > 0 does the same with R1 + R2: D_main has the pairing loss alone,
+D_reg every N steps the two penalties times N (R2 on fakes of fresh latents), which saves the
+double backward on N - 1 of N D steps.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import LOSS_KINDS, LossConfig
+from .config import DEFAULT_R1_INTERVAL, LOSS_KINDS, LossConfig
 from .stats import report
 
 
@@ -142,12 +146,17 @@ class Phase:
     interval: int           # runs on the steps with step_index % interval == 0
     gain: float             # loss multiplier (lazy regularisation: the interval)
     adversarial: bool       # adversarial term (+ drift, GP and class terms that go with it)
-    r1: bool                # R1 term
+    r1: bool                # R1 term (on reals)
+    r2: bool = False        # R2 term (the same penalty on fakes; r3gan)
 
 
 def lazy_r1_interval(cfg: LossConfig) -> int:
-    """R1 every N D steps (lazy) when > 0; 0 when R1 is off or computed on every step."""
-    return cfg.r1_interval if cfg.kind == "logistic-r1" and cfg.r1_interval > 0 else 0
+    """The penalties (R1; R1 + R2 for r3gan) every N D steps in a D_reg phase (lazy) when
+    > 0; 0 when the kind has no R1 or computes it on every step."""
+    if cfg.kind not in DEFAULT_R1_INTERVAL:
+        return 0
+    k = DEFAULT_R1_INTERVAL[cfg.kind] if cfg.r1_interval is None else cfg.r1_interval
+    return max(k, 0)
 
 
 def d_optimizer_ratio(cfg: LossConfig) -> float:
@@ -159,13 +168,14 @@ def d_optimizer_ratio(cfg: LossConfig) -> float:
 def make_phases(cfg: LossConfig) -> Tuple[Phase, ...]:
     """D phases first, then G (PGGAN alternates one D step and one G step)."""
     k = lazy_r1_interval(cfg)
-    if cfg.kind == "r3gan":             # R1 and R2 ride on the adversarial forwards
-        d = (Phase("D_main", "D", 1, 1.0, adversarial=True, r1=False),)
+    r2 = cfg.kind == "r3gan"
+    if cfg.kind == "r3gan" and k == 0:  # R1 and R2 ride on the adversarial forwards
+        d = (Phase("D_main", "D", 1, 1.0, adversarial=True, r1=True, r2=True),)
     elif cfg.kind == "logistic-r1" and k == 0:
         d = (Phase("D_both", "D", 1, 1.0, adversarial=True, r1=True),)
     elif k:
         d = (Phase("D_main", "D", 1, 1.0, adversarial=True, r1=False),
-             Phase("D_reg", "D", k, float(k), adversarial=False, r1=True))
+             Phase("D_reg", "D", k, float(k), adversarial=False, r1=True, r2=r2))
     else:
         d = (Phase("D_main", "D", 1, 1.0, adversarial=True, r1=False),)
     return d + (Phase("G_main", "G", 1, 1.0, adversarial=True, r1=False),)
@@ -245,19 +255,24 @@ class GANLoss:
             with torch.no_grad(), autocast():
                 fake = G(mb.z, c, mb.res, mb.alpha)
             run = lambda x: run_D(x, c, mb.alpha)                  # noqa: E731
-            real_out, r1 = scores_and_grad_sq(run, mb.real, cfg.penalty_precision)
-            fake_out, r2 = scores_and_grad_sq(run, fake, cfg.penalty_precision)
+            if phase.r1:                # R1 and R2 ride on these forwards
+                real_out, r1 = scores_and_grad_sq(run, mb.real, cfg.penalty_precision)
+                fake_out, r2 = scores_and_grad_sq(run, fake, cfg.penalty_precision)
+            else:                       # lazy: they come in the D_reg phase
+                with autocast():
+                    real_out, fake_out = run(mb.real), run(fake)
             real_scores, real_logits = self._split(real_out)
             fake_scores, fake_logits = self._split(fake_out)
             d_adv = d_adversarial(cfg.kind, real_scores, fake_scores)
             report("Loss/D/adv", d_adv)
             report("Scores/real", real_scores)
             report("Scores/fake", fake_scores)
-            report("Loss/D/r1", r1)
-            report("Loss/D/r2", r2)
-            terms = terms + d_adv + (gamma / 2) * (r1 + r2) \
-                + self._class_loss(real_logits, c, "D_real") \
+            terms = terms + d_adv + self._class_loss(real_logits, c, "D_real") \
                 + self._class_loss(fake_logits, c, "D_fake")
+            if phase.r1:
+                report("Loss/D/r1", r1)
+                report("Loss/D/r2", r2)
+                terms = terms + (gamma / 2) * (r1 + r2)
             ada_signal = (real_scores - fake_scores).detach()
             real_scores = real_scores.detach()
         elif phase.adversarial:
@@ -284,10 +299,16 @@ class GANLoss:
                 terms = terms + cfg.gp_lambda * gp
             real_scores = real_scores.detach()
             ada_signal = real_scores
-        if phase.r1:
-            r1 = r1_penalty(lambda x: run_D(x, c, mb.alpha)[:, 0], mb.real,
-                            cfg.penalty_precision)
+        if phase.r1 and not (phase.adversarial and cfg.kind == "r3gan"):
+            score_fn = lambda x: run_D(x, c, mb.alpha)[:, 0]        # noqa: E731
+            r1 = r1_penalty(score_fn, mb.real, cfg.penalty_precision)
             report("Loss/D/r1", r1)
             terms = terms + (gamma / 2) * r1
+            if phase.r2:                # lazy r3gan: R2 on fakes of this phase's latents
+                with torch.no_grad(), autocast():
+                    fake = G(mb.z, c, mb.res, mb.alpha)
+                r2 = r1_penalty(score_fn, fake, cfg.penalty_precision)
+                report("Loss/D/r2", r2)
+                terms = terms + (gamma / 2) * r2
         report(f"Loss/{phase.name}/total", terms)
         return PhaseOutput(terms.mean() * phase.gain, real_scores, ada_signal)

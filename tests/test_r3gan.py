@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from pggan.config import Config, ConfigError, Cosine, LossConfig, validate
 from pggan.stats import Collector
-from pggan.losses import (GANLoss, MicroBatch, d_adversarial, g_adversarial, make_phases,
-                          scores_and_grad_sq)
+from pggan.losses import (GANLoss, MicroBatch, d_adversarial, d_optimizer_ratio, g_adversarial,
+                          make_phases, scores_and_grad_sq)
 from pggan.ops._dispatch import interpreter_enabled, triton_available
 from pggan.schedule import ResolutionSchedule, fade_ended_before
 
@@ -94,6 +94,33 @@ def test_d_phase_is_pairing_loss_plus_half_gamma_r1_r2_every_step():
     assert stats["Loss/D/r1"] == pytest.approx(grad_sq(mb.real).mean().item(), rel=1e-6)
     out.loss.backward()
     assert G.scale.grad is None                                    # fakes detached for D
+
+
+def test_lazy_r1_r2_phases_split_the_terms_and_sum_to_the_every_step_loss():
+    """loss.r1_interval 4: D_main is the pairing loss alone, D_reg every 4th step is
+    4 * gamma/2 * (R1 + R2) (R2 on fakes of D_reg's latents), D's Adam gets the lazy ratio."""
+    lazy = LossConfig(kind="r3gan", r1_gamma=2.0, r1_interval=4)
+    phases = make_phases(lazy)
+    assert [(p.name, p.interval, p.gain, p.r1, p.r2) for p in phases[:2]] == [
+        ("D_main", 1, 1.0, False, False), ("D_reg", 4, 4.0, True, True)]
+    assert d_optimizer_ratio(lazy) == 4 / 5
+    assert d_optimizer_ratio(LossConfig(kind="r3gan", r1_gamma=2.0)) == 1.0   # paper: none
+    G, D, mb = PixelG(), QuadD(), _batch()
+    run = lambda x, c, a: D(x, c, a)                                          # noqa: E731
+    main = GANLoss(lazy).phase_loss(phases[0], mb, G, run, contextlib.nullcontext)
+    reg = GANLoss(lazy).phase_loss(phases[1], mb, G, run, contextlib.nullcontext)
+    fake = (mb.z * 0.5).reshape(-1, 1, 2, 2)
+    r, f = D(mb.real)[:, 0], D(fake)[:, 0]
+    grad_sq = lambda x: (2 * D.w * x + D.v).square().flatten(1).sum(1)     # noqa: E731
+    torch.testing.assert_close(main.loss, F.softplus(f - r).mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(main.ada_signal, (r - f).detach())
+    torch.testing.assert_close(reg.loss, 4 * (grad_sq(mb.real) + grad_sq(fake)).mean(),
+                               rtol=1e-6, atol=0)
+    every = GANLoss(LossConfig(kind="r3gan", r1_gamma=2.0))
+    full = every.phase_loss(make_phases(every.cfg)[0], mb, G, run, contextlib.nullcontext)
+    torch.testing.assert_close(main.loss + reg.loss / 4, full.loss, rtol=1e-6, atol=0)
+    (gw,) = torch.autograd.grad(reg.loss, [D.w])               # R1 + R2 reach D's weights
+    assert gw.abs().sum() > 0
 
 
 def test_d_phase_parameter_gradients_equal_the_formula():

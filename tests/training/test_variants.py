@@ -35,8 +35,10 @@ VARIANTS = {
         "--set", "loss.gamma_ramp={start: 1.0, end: 0.1, kimg: 0.25}",
         "--set", "ema.ema_kimg_ramp={start: 0.01, end: 0.1, kimg: 0.25}",
         "--set", "augment.p_ramp={start: 0.0, end: 0.4, kimg: 0.25}"],
-    "stylegan-r3gan-ada": [
+    # R3GAN's R1 + R2 lazily, every 3 D steps (a D_reg phase).
+    "stylegan-lazy-r3gan-ada": [
         "--arch", "stylegan", "--loss", "r3gan", "--augment", "ada",
+        "--set", "loss.r1_interval=3",
         "--set", "augment.interval=2", "--set", "augment.p=0.2", "--set", "augment.ada_kimg=1",
         "--set", "augment.target=0.0",
         "--set", "model.w_dim=16", "--set", "model.mapping_layers=2"],
@@ -82,9 +84,11 @@ def test_variant_trains_stops_on_sigusr1_and_resumes_exactly(name, tmp_path, one
     if "r1" in name:                         # the lazy R1 phase ran and was reported
         assert any("Loss/D/r1" in t for t in ticks)
         assert not any("Loss/D/gp" in t for t in ticks)
-    if "r3gan" in name:                      # R1 and R2 on every D step: in every tick
+    if "r3gan" in name:                      # R1 and R2 in every tick (a tick > 3 steps)
         trained = [t for t in ticks if "Loss/D/adv" in t]
         assert trained and all("Loss/D/r1" in t and "Loss/D/r2" in t for t in trained)
+        # every step: inside D_main; lazy: in a D_reg phase of their own
+        assert all(("Loss/D_reg/total" in t) == ("lazy" in name) for t in trained)
     if "ramps" in name:                      # the ramps reached the loop, as scheduled
         gammas = [t["Progress/gamma"] for t in ticks]
         assert gammas[0] == pytest.approx(1.0) and gammas[-1] == pytest.approx(0.1)
