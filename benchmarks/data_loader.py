@@ -2,8 +2,16 @@
 
 For each resolution the script reads the shard set's encoded images into memory and times
 `pggan.data.decode.decode_image` over them in one process (raw decode, no pipeline), then times
-the training stream (`make_train_stream`: resampled shards, tar expansion, shuffle buffer,
-decode, mirror, batching, loader worker processes) for each worker count. Both are reported as
+the training stream for each worker count, side by side in the same run:
+
+  position  `make_train_stream`, the stream a run uses: a permutation per epoch, memory-mapped
+            local shards read by index, decode, mirror by position, batching, loader workers.
+  resampled the stream before it was a function of position (`ResampledBatches` below:
+            shards drawn with replacement, tar expansion, a 1000-sample shuffle buffer, decode,
+            random mirror, batching, the same loader workers), kept here as the baseline the
+            new one must not fall below. It is not a training option: it cannot resume
+            exactly.
+ Both are reported as
 images per wall-clock second and as images per CPU-second (the decoding process, or the
 training process plus all loader workers): on a machine shared with other jobs the wall clock
 measures the other jobs too, the CPU time measures what one core of ours achieves.
@@ -21,13 +29,16 @@ import argparse
 import datetime
 import os
 import platform
+import random
 import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,10 +48,19 @@ from data_prep.prepare import PrepOptions, prepare  # noqa: E402
 from pggan.config import DataConfig  # noqa: E402
 from pggan.data import load_dataset_info, make_train_stream  # noqa: E402
 from pggan.data.decode import decode_image, decoder_name  # noqa: E402
+from pggan.data.seeds import derive_seed  # noqa: E402
+from pggan.data.shard_stream import (CollateBatch, ErrorBudget, ExpandShards,  # noqa: E402
+                                     ShardSet)
+from pggan.data.worker_pool import batch_stream, without_indices  # noqa: E402
+
+STREAMS = ("position", "resampled")
 
 SECTION = "## Data loader"
 NOTES = """
 Notes:
+- `position` is the training stream (a permutation per epoch, local shards read by index from
+  the mapping: exact resume); `resampled` is the stream it replaced (resampled shards and a
+  1000-sample shuffle buffer), timed in the same run as the baseline.
 - `loader workers 0` runs the same pipeline inside the training process; 1 and 2 are loader
   worker processes (pggan/data/worker_pool.py), which decode into shared-memory batch slots
   allocated once and reused; the training process copies each batch out and hands the slot
@@ -49,8 +69,8 @@ Notes:
 - The per-core comparison counts the CPU time of every process of the loader (the training
   process included), so the cost of handing batches between processes is in it.
 - At 4..16 px a PNG decodes in a few microseconds, so the per-sample Python work of the
-  pipeline (tar parsing, shuffle buffer, batching) dominates; the ratio to raw decode is low
-  there although the absolute rates are the highest.
+  pipeline (tar parsing and shuffle buffer, or index lookup; batching) dominates; the ratio to
+  raw decode is low there although the absolute rates are the highest.
 """
 
 
@@ -90,6 +110,49 @@ def shard_payloads(root: Path, res: int) -> list:
     return blobs
 
 
+def random_flips(src, seed: int):
+    """Mark each sample for a left-right flip with probability 1/2 (the old stream's mirror)."""
+    rng = random.Random(seed)
+    for sample in src:
+        sample["__flip__"] = rng.random() < 0.5
+        yield sample
+
+
+@dataclass(frozen=True)
+class ResampledBatches:
+    """The training pipeline before issue 14, for worker `worker` (rank 0): resampled shards,
+    tar expansion, shuffle buffer, mirror, decode, batching; seeds from (seed, worker)."""
+    shards: ShardSet
+    batch: int
+    seed: int
+    shuffle_buffer: int = 1000
+
+    def __call__(self, worker: int, num_workers: int):
+        def seed(purpose: str) -> int:
+            return derive_seed(self.seed, 0, worker, 0, purpose)
+        shard_seed = seed("shards")
+        return iter(wds.DataPipeline(
+            wds.ResampledShards(list(self.shards.urls), worker_seed=lambda: shard_seed,
+                                deterministic=True),
+            ExpandShards(ErrorBudget(limit=10), self.shards.digests),
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
+                        rng=random.Random(seed("shuffle"))),
+            wds.pipelinefilter(random_flips)(seed("mirror")),
+            self.shards.decode(),
+            wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled),
+                        partial=False)))
+
+
+def open_stream(kind: str, root: Path, res: int, workers: int, batch: int):
+    if kind == "position":
+        cfg = DataConfig(path=str(root), num_workers=workers, mirror=True)
+        return make_train_stream(cfg, res, batch_per_gpu=batch, seed=0, rank=0, world_size=1,
+                                 start_nimg=0, img_channels=3)
+    shards = ShardSet.of(load_dataset_info(str(root)), res, 3)
+    return without_indices(batch_stream(ResampledBatches(shards, batch, 0), workers, batch,
+                                        (res, res, 3)))
+
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,13 +190,13 @@ def raw_decode_rate(blobs: list, channels: int, seconds: float):
             return n / dt, n / (time.process_time() - c0)
 
 
-def loader_rate(root: Path, res: int, workers: int, batch: int, seconds: float):
+def loader_rate(root: Path, res: int, workers: int, batch: int, seconds: float,
+                kind: str = "position"):
     """(images per wall second, images per CPU second of the training process and all its
-    loader workers) of the training stream."""
-    cfg = DataConfig(path=str(root), num_workers=workers, shuffle_buffer=1000, mirror=True)
-    stream = make_train_stream(cfg, res, batch_per_gpu=batch, seed=0, rank=0, world_size=1,
-                               start_nimg=0, img_channels=3)
-    for _ in range(3 * max(workers, 1)):           # workers started, shuffle buffers filled
+    loader workers) of the training stream `kind` (STREAMS)."""
+    stream = open_stream(kind, root, res, workers, batch)
+    # Workers started, shuffle buffers filled / shard indexes built.
+    for _ in range(3 * max(workers, 1)):
         next(stream)
     pids = [os.getpid()] + child_pids()
     assert len(pids) == 1 + workers, f"expected {workers} loader workers, found {pids[1:]}"
@@ -179,6 +242,8 @@ def main() -> None:
     p.add_argument("--large-images", type=int, default=128)
     p.add_argument("--work-dir", default=None, help="keeps the datasets between runs")
     p.add_argument("--results", default=None, help="write the table into this RESULTS.md")
+    p.add_argument("--streams", nargs="+", choices=STREAMS, default=list(STREAMS),
+                   help="training streams to time side by side (module docstring)")
     args = p.parse_args()
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="pggan-bench-data-"))
@@ -200,46 +265,62 @@ def main() -> None:
         # Best of --repeats interleaved runs for each figure: other jobs on a shared machine
         # only ever slow a run down, so the best run is the least disturbed one.
         raw, raw_cpu = 0.0, 0.0
-        rates = {w: (0.0, 0.0) for w in args.workers}
+        cases = [(w, kind) for w in args.workers for kind in args.streams]
+        rates = {case: (0.0, 0.0) for case in cases}
         for _ in range(args.repeats):
             r = raw_decode_rate(blobs, 3, args.seconds)
             raw, raw_cpu = max(raw, r[0]), max(raw_cpu, r[1])
-            for w in args.workers:
-                r = loader_rate(roots[res], res, w, batch_for(res), args.seconds)
-                rates[w] = (max(rates[w][0], r[0]), max(rates[w][1], r[1]))
-        for w in args.workers:
-            rate, rate_cpu = rates[w]
-            rows.append((res, kb, raw, raw_cpu, w, rate, rate_cpu))
+            for w, kind in cases:
+                r = loader_rate(roots[res], res, w, batch_for(res), args.seconds, kind)
+                rates[w, kind] = (max(rates[w, kind][0], r[0]), max(rates[w, kind][1], r[1]))
+        for w, kind in cases:
+            rate, rate_cpu = rates[w, kind]
+            rows.append((res, kb, raw, raw_cpu, w, kind, rate, rate_cpu))
             print(f"res {res:5d}  {kb:8.1f} KiB/img  raw {raw:9.0f} img/s ({raw_cpu:9.0f} per "
-                  f"CPU-s)  workers {w}  loader {rate:9.0f} img/s ({rate_cpu:9.0f} per CPU-s "
-                  f"= {100 * rate_cpu / raw_cpu:5.1f}% of raw)", file=sys.stderr, flush=True)
+                  f"CPU-s)  workers {w}  {kind:9s} {rate:9.0f} img/s ({rate_cpu:9.0f} per "
+                  f"CPU-s = {100 * rate_cpu / raw_cpu:5.1f}% of raw)", file=sys.stderr,
+                  flush=True)
 
     verdict = []
-    big = [(res, w, rc / rawc) for res, _, _, rawc, w, _, rc in rows if res in (256, 1024)]
+    main_rows = [r for r in rows if r[5] == STREAMS[0]]
+    big = [(res, w, rc / rawc) for res, _, _, rawc, w, _, _, rc in main_rows
+           if res in (256, 1024)]
     if big:
         ok = all(frac >= 0.9 for _, _, frac in big)
         worst = min(big, key=lambda x: x[2])
         verdict.append(f"- Target >= 90% of the raw decode rate per core at 256 and 1024 px "
-                       f"(images per CPU-second): {'met' if ok else 'NOT met'} (lowest: "
-                       f"{100 * worst[2]:.0f}% at {worst[0]} px with {worst[1]} worker(s)).")
-    tiny = [(res, rate, rc) for res, _, _, _, w, rate, rc in rows if res <= 64 and w == 2]
+                       f"(images per CPU-second, {STREAMS[0]} stream): "
+                       f"{'met' if ok else 'NOT met'} (lowest: {100 * worst[2]:.0f}% at "
+                       f"{worst[0]} px with {worst[1]} worker(s)).")
+    tiny = [(res, rate, rc) for res, _, _, _, w, _, rate, rc in main_rows
+            if res <= 64 and w == 2]
     if tiny:
         ok = all(rate >= 10_000 for _, rate, _ in tiny)
         worst = min(tiny, key=lambda x: x[1])
         cap = min(tiny, key=lambda x: x[2])
         verdict.append(f"- Target >= 10,000 images/s on 2 cores at 4..64 px (2 workers, wall "
-                       f"clock): {'met' if ok else 'NOT met'} (lowest: {worst[1]:,.0f} img/s at "
-                       f"{worst[0]} px). CPU-time capacity of 2 dedicated cores, 2 x images per "
-                       f"CPU-second: lowest {2 * cap[2]:,.0f} img/s at {cap[0]} px.")
+                       f"clock, {STREAMS[0]} stream): {'met' if ok else 'NOT met'} (lowest: "
+                       f"{worst[1]:,.0f} img/s at {worst[0]} px). CPU-time capacity of 2 "
+                       f"dedicated cores, 2 x images per CPU-second: lowest {2 * cap[2]:,.0f} "
+                       f"img/s at {cap[0]} px.")
+    if len(args.streams) == 2:
+        by = {(res, w, kind): rc for res, _, _, _, w, kind, _, rc in rows}
+        ratios = [(by[res, w, STREAMS[0]] / by[res, w, STREAMS[1]], res, w)
+                  for res, _, _, _, w, kind, _, _ in rows if kind == STREAMS[0]]
+        low = min(ratios)
+        verdict.append(f"- {STREAMS[0]} / {STREAMS[1]} stream, images per CPU-second, same "
+                       f"run: {min(r for r, _, _ in ratios):.2f}x to "
+                       f"{max(r for r, _, _ in ratios):.2f}x (lowest at {low[1]} px with "
+                       f"{low[2]} worker(s)).")
     load = os.getloadavg()
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     table = markdown_table(
         ["res (px)", "PNG KiB/img", "raw decode img/s (1 process)", "raw img per CPU-s",
-         "loader workers", "loader img/s", "loader img per CPU-s (all processes)",
+         "loader workers", "stream", "loader img/s", "loader img per CPU-s (all processes)",
          "loader / raw per CPU-s"],
-        ([str(res), f"{kb:.1f}", f"{raw:,.0f}", f"{raw_cpu:,.0f}", str(w), f"{rate:,.0f}",
-          f"{rate_cpu:,.0f}", f"{100 * rate_cpu / raw_cpu:.0f}%"]
-         for res, kb, raw, raw_cpu, w, rate, rate_cpu in rows))
+        ([str(res), f"{kb:.1f}", f"{raw:,.0f}", f"{raw_cpu:,.0f}", str(w), kind,
+          f"{rate:,.0f}", f"{rate_cpu:,.0f}", f"{100 * rate_cpu / raw_cpu:.0f}%"]
+         for res, kb, raw, raw_cpu, w, kind, rate, rate_cpu in rows))
     text = "\n".join([
         SECTION, "",
         f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "

@@ -1,8 +1,8 @@
-"""Seeds for the data stream, derived from (seed, rank, worker, start_nimg).
+"""Seeds derived from parts (the run's seed, a purpose, an epoch, a position, ...).
 
-Every random choice of the loader (which shard to read next, the shuffle buffer, the mirror
-flips) comes from a `random.Random` seeded here, so a run started at `start_nimg` with the same
-seed reads the same stream again: a resumed run continues a reproducible stream instead of the
+The data stream's choices (the permutation of each epoch, the shard order and block
+permutations of remote shards; order.py) and the training step's random numbers are seeded
+here, so they are pure functions of the run's seed and the image counter, never of the
 process-global RNG state that happened to be there.
 """
 from __future__ import annotations

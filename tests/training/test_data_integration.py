@@ -1,6 +1,6 @@
 """Training on a prepared shard dataset (data_prep output): class-conditional ACGAN training
-with the dataset's labels, exact continuation through a checkpoint (the shard stream is reopened
-at cur_nimg after every checkpoint in both runs), and one-line errors when the dataset does not
+with the dataset's labels, exact continuation through a checkpoint (the image at each stream
+position is a function of (seed, position)), and one-line errors when the dataset does not
 fit the model or the schedule."""
 import json
 import subprocess
