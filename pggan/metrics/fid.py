@@ -99,7 +99,9 @@ def weights_sha256(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_scripted(path: str, device: str):
+def _load_scripted(path: str, device: str, sha256: str):
+    # `sha256` (the file's content) is part of the cache key: a weights file replaced at the
+    # same path must not be served from the network loaded before.
     try:
         model = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # not a TorchScript archive, truncated, ...
@@ -129,13 +131,13 @@ class InceptionFeatures:
 
     def __init__(self, path: Path, device, batch_size: int = 64):
         self.path, self.device, self.batch_size = Path(path), torch.device(device), batch_size
-        self.model = _load_scripted(str(self.path), str(self.device))
+        self.sha256 = weights_sha256(self.path)
+        self.model = _load_scripted(str(self.path), str(self.device), self.sha256)
         try:
             args = [a.name for a in self.model.forward.schema.arguments]
         except AttributeError:
             args = []
         self.stylegan_layout = "return_features" in args
-        self.sha256 = weights_sha256(self.path)
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
