@@ -65,14 +65,14 @@ def create_trainer(cfg, args, engine=None):
     checked before anything is written; raises ConfigError or CheckpointError. The caller holds
     the run-directory lock (main)."""
     from pggan.config import save_resolved
-    from pggan.training.checkpoint import read_training_state, resolve_resume
+    from pggan.training.checkpoint import TrainingState, resolve_resume
     from pggan.training.engine_factory import make_engine
     from pggan.training.loop import Trainer
     run_dir = Path(cfg.train.run_dir)
     if engine is None:
         engine = make_engine(cfg.train, getattr(args, "deepspeed_config", None))
     resume_path = resolve_resume(run_dir, args.resume, args.resume_res)
-    state = read_training_state(resume_path) if resume_path is not None else None
+    state = TrainingState.load(resume_path) if resume_path is not None else None
     trainer = Trainer(cfg, engine, run_dir, resume_state=state, resume_path=resume_path)
     del state
     if engine.is_main and not trainer.finished:

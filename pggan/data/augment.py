@@ -16,7 +16,9 @@ Transforms (kornia.augmentation; images in [-1, 1], never clamped):
 
 ADA's heuristic (sec. 3): r_t = E[sign(D(real))] over the last `interval` D steps; when it is
 above `target` D is overfitting and p grows, otherwise it shrinks, at a rate that moves p by 1
-in `ada_kimg` thousand images. p is a buffer so checkpoints carry it.
+in `ada_kimg` thousand images. p is a buffer so checkpoints carry it. `AdaController` keeps
+the running [sum, count] of sign(D(real)) between updates and applies them to the pipe every
+`interval` optimizer steps, over all processes.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch.nn as nn
 import kornia.augmentation as K
 from kornia.color import rgb_to_grayscale
 
-from ..config import AugmentConfig
+from ..config import AUGMENT_MODES, AugmentConfig
 
 
 class _LumaSaturation(K.RandomSaturation):
@@ -46,8 +48,9 @@ class _LumaSaturation(K.RandomSaturation):
 class AugmentPipe(nn.Module):
     def __init__(self, cfg: AugmentConfig, img_channels: int):
         super().__init__()
-        if cfg.mode not in ("off", "fixed", "ada"):
-            raise ValueError(f"augment.mode must be off, fixed or ada (got {cfg.mode!r})")
+        if cfg.mode not in AUGMENT_MODES:
+            raise ValueError(f"augment.mode must be one of {', '.join(AUGMENT_MODES)} (got "
+                             f"{cfg.mode!r})")
         if cfg.mode == "ada" and cfg.ada_kimg <= 0:
             raise ValueError(f"augment.ada_kimg must be positive (got {cfg.ada_kimg})")
         if not 0.0 <= cfg.p <= 1.0:
@@ -128,3 +131,58 @@ class AugmentPipe(nn.Module):
     def extra_repr(self) -> str:
         names = ", ".join(f"{name} x{float(mult):g}" for name, _t, mult in self._stages)
         return f"mode={self.mode}, p={self._p:.4f}, target={self.target}, stages=[{names}]"
+
+
+class AdaController:
+    """ADA's bookkeeping for the training loop: the signs of D's outputs on real images are
+    summed on the device as they come (no host sync per step); every `interval` optimizer
+    steps the sums of all processes are reduced (one all-reduce of two float64) and move the
+    pipe's p (AugmentPipe.adjust), then start again from zero.
+
+    A training state holds one copy of the pending sums: `fold_` adds every process's into the
+    main process's (the others are zeroed, so the next reduction still sees each sign once),
+    `state()` is the main process's pair and `load_state` puts it back there."""
+
+    def __init__(self, pipe: AugmentPipe, interval: int, device):
+        if pipe.mode != "ada":
+            raise ValueError(f"AdaController needs augment.mode ada (got {pipe.mode!r})")
+        if interval < 1:
+            raise ValueError(f"augment.interval must be >= 1 (got {interval})")
+        self.pipe, self.interval = pipe, int(interval)
+        self.accum = torch.zeros(2, dtype=torch.float64, device=device)    # [sum, count]
+
+    def observe(self, d_real: torch.Tensor) -> None:
+        """D's raw outputs on real images, any shape."""
+        self.accum[0] += d_real.detach().sign().sum().to(torch.float64)
+        self.accum[1] += d_real.numel()
+
+    def after_step(self, step_index: int, engine) -> None:
+        """Call on every process after optimizer step `step_index` (1-based: steps taken)."""
+        if step_index % self.interval:
+            return
+        acc = engine.all_reduce_sum_(self.accum.clone())
+        if acc[1] > 0:
+            self.pipe.adjust(float(acc[0] / acc[1]), int(acc[1]))
+        self.accum.zero_()
+
+    def drop_nonfinite(self) -> None:
+        """After a skipped non-finite step: forget sums that a NaN/Inf output poisoned."""
+        if not bool(torch.isfinite(self.accum).all()):
+            self.accum.zero_()
+
+    def fold_(self, engine) -> None:
+        """Collective: sum every process's pending counts into the main process's."""
+        if engine.distributed:
+            engine.all_reduce_sum_(self.accum)
+            if not engine.is_main:
+                self.accum.zero_()
+
+    def state(self) -> list:
+        """[sum, count] pending on this process (after fold_: all of them, on the main one)."""
+        return self.accum.cpu().tolist()
+
+    def load_state(self, saved: Optional[list], is_main: bool) -> None:
+        """Put saved sums back on the main process (the others start from zero)."""
+        self.accum.zero_()
+        if saved is not None and is_main:
+            self.accum.copy_(torch.tensor(saved, dtype=torch.float64))

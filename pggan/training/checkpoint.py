@@ -1,21 +1,10 @@
-"""Training states: what is saved, where, which ones are kept, and how a run finds one to resume.
+"""Training states: what is saved (`TrainingState`), where, which ones are kept, and how a run
+finds one to resume.
 
-RUN_DIR/checkpoints/training-state-<cur_nimg:012d>.pt is a torch.save'd dict (read back with
-weights_only=True, so no code is unpickled):
-
-  format "pggan-training-state", version 1
-  kind            interval | boundary | final | signal (why it was written)
-  boundary_res    the resolution whose stage starts at this state, or None
-  cur_nimg, step_index, res (the active stage), trained_res / trained_alpha (of the last step)
-  model, config   ModelConfig and the full resolved Config as dicts
-  G, D, G_ema     state dicts (CPU tensors)
-  G_opt, D_opt    Adam states keyed by parameter name (not index, so a state from a smaller
-                  max_res loads into a bigger network whose parameter order differs)
-  scaler          None (bf16 needs no loss scaling); augment: the AugmentPipe state or None
-  ada_accum       [sum of sign(D(real)), count] not yet applied to the augment probability
-  optimizer_shards  (DeepSpeed engine) the directory beside the state holding each process's
-                  slice of the Adam states; G_opt / D_opt then only name it
-                  (optimizer_shards.py). The index records it and pruning deletes it too.
+RUN_DIR/checkpoints/training-state-<cur_nimg:012d>.pt is a torch.save'd dict, format
+"pggan-training-state" version 1, holding the fields of `TrainingState` (below: their meaning
+and the names they are stored under). It is read back with weights_only=True, so no code is
+unpickled.
 
 RUN_DIR/checkpoints/index.json lists every state with its cur_nimg, kind and boundary_res; the
 position of a state is read from there (or from the file itself), never from its name. The
@@ -39,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..files import TEMP_GLOB, atomic_torch_save, atomic_write_json, load_torch
+from ..files import TEMP_GLOB, atomic_torch_save, atomic_write_json, first_line, load_torch
 
 FORMAT = "pggan-training-state"
 VERSION = 1
@@ -64,6 +53,86 @@ def checkpoint_dir(run_dir) -> Path:
 
 def state_file_name(cur_nimg: int) -> str:
     return f"training-state-{int(cur_nimg):012d}.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# The training state.
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue bit for bit, as CPU tensors and plain values. Stored
+    under the field names, except `nets` (stored as G, D, G_ema) and `optimizers` (G_opt,
+    D_opt). Schedule position, learning rates, latents and data order are functions of
+    cur_nimg and the config, so they are not stored."""
+
+    cur_nimg: int                   # images shown: the position in training
+    step_index: int                 # optimizer steps taken (lazy-R1 phases, ADA's interval)
+    res: int                        # the stage the Adam moments belong to (a different stage
+                                    # at cur_nimg, after a schedule change, is entered anew)
+    nets: Dict[str, dict]           # "G", "D", "G_ema" -> state dict
+    optimizers: Dict[str, object]   # "G_opt", "D_opt" -> Adam state keyed by parameter name
+                                    # (not index, so a state from a smaller max_res loads into
+                                    # a bigger network whose parameter order differs), or with
+                                    # the DeepSpeed engine a marker naming `optimizer_shards`
+    model: dict                     # ModelConfig as a dict (checked on resume)
+    config: dict                    # the full resolved Config as a dict
+    kind: str = "interval"          # KINDS: why it was written
+    boundary_res: Optional[int] = None  # the resolution whose stage starts here, or None
+    augment: Optional[dict] = None  # AugmentPipe state (its probability p), or None
+    ada_accum: Optional[list] = None    # ADA's [sum of sign(D(real)), count] not yet applied
+                                        # to p (data.augment.AdaController)
+    trained_res: Optional[int] = None   # resolution and fade of the last step (informative:
+    trained_alpha: Optional[float] = None   # snapshots record them)
+    optimizer_shards: Optional[str] = None  # (DeepSpeed) directory beside the state holding
+                                        # each process's slice of the Adam states
+                                        # (optimizer_shards.py); the index records it and
+                                        # pruning deletes it too
+    world_size: int = 1
+    torch_version: str = ""
+    cpu_threads: Optional[int] = None   # torch's intra-op threads of the run; a resumed run
+                                        # keeps them (cpu_threads.py); None: not recorded
+
+    NETS = ("G", "D", "G_ema")
+    OPTIMIZERS = ("G_opt", "D_opt")
+
+    def to_payload(self) -> dict:
+        """-> the dict written to the file (format and version added by save)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("nets", "optimizers", "optimizer_shards")}
+        out.update({k: self.nets[k] for k in self.NETS})
+        out.update({k: self.optimizers[k] for k in self.OPTIMIZERS})
+        out["scaler"] = None            # bf16 needs no loss scaling; kept for older readers
+        if self.optimizer_shards is not None:
+            out["optimizer_shards"] = self.optimizer_shards
+        return out
+
+    @classmethod
+    def from_payload(cls, data: dict, path=None) -> "TrainingState":
+        """A dict as read_training_state returns it -> TrainingState; one-line errors."""
+        try:
+            return cls(cur_nimg=int(data["cur_nimg"]), step_index=int(data["step_index"]),
+                       res=int(data["res"]), nets={k: data[k] for k in cls.NETS},
+                       optimizers={k: data[k] for k in cls.OPTIMIZERS},
+                       model=dict(data["model"]), config=dict(data["config"]),
+                       kind=str(data.get("kind", "interval")),
+                       boundary_res=data.get("boundary_res"), augment=data.get("augment"),
+                       ada_accum=data.get("ada_accum"), trained_res=data.get("trained_res"),
+                       trained_alpha=data.get("trained_alpha"),
+                       optimizer_shards=data.get("optimizer_shards"),
+                       world_size=int(data.get("world_size", 1)),
+                       torch_version=str(data.get("torch_version", "")),
+                       cpu_threads=data.get("cpu_threads"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path or 'training state'}: training state does not load "
+                                  f"({first_line(e)})") from None
+
+    @classmethod
+    def load(cls, path) -> "TrainingState":
+        return cls.from_payload(read_training_state(path), path)
+
+    def save(self, run_dir, keep_last: int) -> Path:
+        return save_training_state(run_dir, self, keep_last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,14 +376,17 @@ def nonfinite_tensors(tree, prefix: str = "") -> List[str]:
     return out
 
 
-def save_training_state(run_dir, payload: dict, keep_last: int) -> Path:
-    """Write `payload` (see the module docstring) atomically, index it, prune old states.
+def save_training_state(run_dir, payload, keep_last: int) -> Path:
+    """Write `payload` (a TrainingState, or its to_payload() dict) atomically, index it, prune
+    old states.
     A payload with NaN/Inf tensors is refused (NonFiniteStateError) before anything is written
     or pruned, so pruning only ever drops finite states in favour of newer finite ones. The
     index is written after the state: a failure (disk full) leaves the old index, and a state
     that was renamed into place but not indexed is found from its contents on resume."""
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(payload, TrainingState):
+        payload = payload.to_payload()
     payload = dict(payload, format=FORMAT, version=VERSION)
     if payload.get("kind") not in KINDS:
         raise ValueError(f"checkpoint kind must be one of {KINDS}")

@@ -1,6 +1,7 @@
 """The training loop: progressive growing, one readable class.
 
-Every pass of the loop, in this order (as edm2 orders it):
+Every pass of the loop, in this order (as edm2 orders it); which of status, snapshot, metrics
+and checkpoint are due is decided by maintenance.maintenance_due from cur_nimg alone:
 
   stage       the schedule says which resolution `cur_nimg` belongs to; on a new one the
               optimizer state is reset (optim.reset_on_grow) and the data stream rebuilt
@@ -8,9 +9,10 @@ Every pass of the loop, in this order (as edm2 orders it):
               stats.jsonl, fixed-latent image grid
   snapshot    network-snapshot-<kimg>.pt (G_ema) at each snapshot interval, stage boundary, end
   metrics     metrics.names on G_ema every metrics.interval_kimg (0: at the end only)
-  checkpoint  training state at the same moments, and when a stop signal arrived
-  done?       cur_nimg >= total: exit 0; stop signal: exit 3 (EXIT_STOPPED)
-  step        D phases, G phase, EMA, ADA; cur_nimg += global batch
+  checkpoint  training state (checkpoint.TrainingState) at the same moments as the snapshot
+  done?       cur_nimg >= total: exit 0
+  step        D phases, G phase, EMA, ADA (data.augment.AdaController); cur_nimg += global
+              batch. A stop signal skips it: status, a "signal" training state, exit 3
 
 Exact resume. A training state holds cur_nimg and the step counter besides weights and
 optimizer states; everything else is a function of them: schedule position, the latents and
@@ -40,16 +42,18 @@ from ..config import Config, ConfigError
 from ..data.reals import prepare_reals
 from ..data.seeds import derive_seed
 from ..data.stream import make_train_stream
-from ..files import save_png
+from ..files import first_line, save_png
 from ..stats import Collector, RunLog, format_duration, image_grid
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
 from ..schedule import ResolutionSchedule, SchedulePoint, fade_ended_before
 from ..snapshot import save_snapshot
-from .checkpoint import (CheckpointError, check_model_compatible, checkpoint_dir,
-                         load_module_state, optimizer_state_by_name, save_training_state)
+from .checkpoint import (CheckpointError, TrainingState, check_model_compatible, checkpoint_dir,
+                         load_module_state, optimizer_state_by_name)
+from .cpu_threads import set_cpu_threads
 from .ema import ema_beta, make_ema, module_names, update_ema
 from .engine import Engine
+from .maintenance import Maintenance, maintenance_due
 
 EXIT_DONE = 0
 EXIT_STOPPED = 3            # a stop signal arrived; the state was saved; run again to continue
@@ -98,15 +102,16 @@ class StopSignals:
 
 class Trainer:
     def __init__(self, cfg: Config, engine: Engine, run_dir: Path,
-                 resume_state: Optional[dict] = None, resume_path: Optional[Path] = None,
-                 print_fn=print):
+                 resume_state=None, resume_path: Optional[Path] = None, print_fn=print):
         self.cfg, self.engine, self.run_dir = cfg, engine, Path(run_dir)
         self.print_fn = print_fn
         self.device = engine.device
+        if resume_state is not None and not isinstance(resume_state, TrainingState):
+            resume_state = TrainingState.from_payload(resume_state, resume_path)
+        # Torch's CPU threads (cpu_threads.py): chosen for a new run, the saved count on resume.
+        self.cpu_threads = set_cpu_threads(resume_state.cpu_threads if resume_state else None)
         self.schedule = ResolutionSchedule(cfg, engine.world_size)
         self.total_nimg = self.schedule.total_nimg
-        self.snapshot_nimg = max(1, int(round(cfg.train.snapshot_kimg * 1000)))
-        self.tick_nimg = max(1, int(round(cfg.train.tick_kimg * 1000)))
         m = cfg.model
         self._check_data()
 
@@ -148,16 +153,19 @@ class Trainer:
                                              first.batch_per_gpu * first.accum_rounds)
 
         self.augment = None
+        self.ada = None                                 # ADA's controller (augment.mode ada)
         if cfg.augment.mode != "off":
-            from ..data.augment import AugmentPipe
+            from ..data.augment import AdaController, AugmentPipe
             self.augment = AugmentPipe(cfg.augment, m.img_channels).to(self.device)
-        self.ada_accum = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum, n]
+            if cfg.augment.mode == "ada":
+                self.ada = AdaController(self.augment, cfg.augment.interval, self.device)
 
-        # Position. `active_res` is the stage whose optimizer state and stream are current.
+        # Position: cur_nimg and the step counter (what a TrainingState restores); the schedule
+        # answers everything else from them. `active_res` is the stage whose optimizer state,
+        # stream and active parameters are current.
         self.cur_nimg = 0
         self.step_index = 0
         self.active_res: Optional[int] = None
-        self.trained_point: Optional[tuple] = None     # (res, alpha) of the last step
         self.steps_this_run = 0
         self.stop_signum = 0                            # set once all ranks agreed to stop
         if resume_state is not None:
@@ -199,63 +207,55 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------
 
-    def state_payload(self, kind: str, boundary_res: Optional[int],
-                      opt_states: Optional[dict] = None) -> dict:
-        """The training state as saved (CPU tensors). Call `_fold_ada_accum` on every rank
-        first when running distributed. `opt_states`: the G_opt / D_opt entries from
-        engine.save_optimizer_states (default: both Adam states by name)."""
+    def training_state(self, kind: str, boundary_res: Optional[int],
+                       trained: Optional[SchedulePoint], opt_states: Optional[dict] = None
+                       ) -> TrainingState:
+        """The training state as saved (CPU tensors; checkpoint.TrainingState). Distributed:
+        call `self.ada.fold_` on every rank first. `trained`: the point of the last step (its
+        res and alpha are recorded). `opt_states`: engine.save_optimizer_states' entries
+        (default: both Adam states by name)."""
         if opt_states is None:
             opt_states = {"G_opt": optimizer_state_by_name(self.opt["G"], self.G),
                           "D_opt": optimizer_state_by_name(self.opt["D"], self.D)}
+        optimizers = dict(opt_states)
+        shards = optimizers.pop("optimizer_shards", None)
         cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}   # noqa: E731
-        res, alpha = self.trained_point or (self.active_res, 1.0)
-        return {
-            "kind": kind, "boundary_res": boundary_res,
-            "cur_nimg": self.cur_nimg, "step_index": self.step_index, "res": self.active_res,
-            "trained_res": res, "trained_alpha": alpha,
-            "model": dataclasses.asdict(self.cfg.model), "config": self.cfg.to_dict(),
-            "G": cpu(self.G.state_dict()), "D": cpu(self.D.state_dict()),
-            "G_ema": cpu(self.G_ema.state_dict()),
-            **opt_states,
-            "scaler": None,
-            "augment": cpu(self.augment.state_dict()) if self.augment is not None else None,
-            "ada_accum": self.ada_accum.cpu().tolist(),
-            "world_size": self.engine.world_size, "torch_version": str(torch.__version__),
-        }
+        return TrainingState(
+            cur_nimg=self.cur_nimg, step_index=self.step_index, res=self.active_res,
+            nets={name: cpu(getattr(self, name).state_dict()) for name in TrainingState.NETS},
+            optimizers=optimizers, model=dataclasses.asdict(self.cfg.model),
+            config=self.cfg.to_dict(), kind=kind, boundary_res=boundary_res,
+            augment=cpu(self.augment.state_dict()) if self.augment is not None else None,
+            ada_accum=self.ada.state() if self.ada is not None else None,
+            trained_res=trained.res if trained else self.active_res,
+            trained_alpha=trained.alpha if trained else 1.0, optimizer_shards=shards,
+            world_size=self.engine.world_size, torch_version=str(torch.__version__),
+            cpu_threads=torch.get_num_threads())
 
-    def _load_state(self, data: dict, path) -> None:
+    def _load_state(self, state, path) -> None:
+        """Restore a TrainingState (or the dict read_training_state returns)."""
+        if not isinstance(state, TrainingState):
+            state = TrainingState.from_payload(state, path)
         try:
-            self._load_state_unchecked(data, path)
+            self._load_state_unchecked(state, path)
         except CheckpointError:
             raise
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-            raise CheckpointError(f"{path}: training state does not load ({type(e).__name__}"
-                                  f"{': ' + msg if msg else ''})") from None
+            raise CheckpointError(f"{path}: training state does not load "
+                                  f"({first_line(e, 160)})") from None
 
-    def _load_state_unchecked(self, data: dict, path) -> None:
-        check_model_compatible(data["model"], self.cfg.model, path)
-        saved_max = int(data["model"]["max_res"])
-        for name in ("G", "D", "G_ema"):
-            load_module_state(getattr(self, name), data[name], saved_max, name, path)
-        self.engine.load_optimizer_states(self.opt, self.nets, data, path)
-        if self.augment is not None and data.get("augment") is not None:
-            self.augment.load_state_dict(data["augment"])
-        if self.engine.is_main and data.get("ada_accum") is not None:
-            self.ada_accum.copy_(torch.tensor(data["ada_accum"], dtype=torch.float64))
-        self.cur_nimg = int(data["cur_nimg"])
-        self.step_index = int(data["step_index"])
-        self.active_res = int(data["res"])
-        if data.get("trained_res") is not None:
-            self.trained_point = (int(data["trained_res"]), float(data["trained_alpha"]))
-
-    def _fold_ada_accum(self) -> None:
-        """Sum the ADA counters of all ranks into rank 0 (a state holds one copy of them)."""
-        if self.augment is None or not self.engine.distributed:
-            return
-        self.engine.all_reduce_sum_(self.ada_accum)
-        if not self.engine.is_main:
-            self.ada_accum.zero_()
+    def _load_state_unchecked(self, state: TrainingState, path) -> None:
+        check_model_compatible(state.model, self.cfg.model, path)
+        saved_max = int(state.model["max_res"])
+        for name in TrainingState.NETS:
+            load_module_state(getattr(self, name), state.nets[name], saved_max, name, path)
+        self.engine.load_optimizer_states(self.opt, self.nets, state.optimizers, path)
+        if self.augment is not None and state.augment is not None:
+            self.augment.load_state_dict(state.augment)
+        if self.ada is not None:
+            self.ada.load_state(state.ada_accum, self.engine.is_main)
+        self.cur_nimg, self.step_index, self.active_res = \
+            state.cur_nimg, state.step_index, state.res
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -292,64 +292,68 @@ class Trainer:
 
     def _loop(self) -> int:
         self._describe_start()
-        self.next_save_nimg = (self.cur_nimg // self.snapshot_nimg + 1) * self.snapshot_nimg
-        self.next_metrics_nimg = self._next_metrics_nimg()
         self.tick_index = 0
         self.tick_start_nimg, self.tick_start_time = self.cur_nimg, time.time()
         self.maintenance_sec = 0.0
         self.run_start_time = time.time()
-        next_tick_nimg = self.cur_nimg                      # a status line right away
+        prev_nimg: Optional[int] = None     # cur_nimg before the last step (None: no step yet)
         while True:
             point = self.schedule.at(self.cur_nimg)
-            boundary = self.enter_stage(point)
-            stop = self.stop_signum != 0
-            done = self.finished
-
-            t0 = time.time()
-            # A stop right after a tick adds no second status line at the same cur_nimg.
-            ticked = self.cur_nimg >= next_tick_nimg or done or (
-                stop and (self.tick_index == 0 or self.cur_nimg > self.tick_start_nimg))
-            if ticked:
-                self._status(point)
-                next_tick_nimg = self.cur_nimg + self.tick_nimg
-            trained = self.cur_nimg > 0
-            at_interval = self.cur_nimg >= self.next_save_nimg
-            boundary_save = boundary and self.cur_nimg > 0
-            if trained and (boundary_save or at_interval or done):
-                self._save_snapshot(point, boundary_save)
-            if trained and self.cfg.metrics.names and (
-                    done or 0 < self.next_metrics_nimg <= self.cur_nimg):
-                self._evaluate_metrics(point)
-            if trained and (boundary_save or at_interval or done or
-                            (stop and self.steps_this_run > 0)):
-                kind = "boundary" if boundary_save else "final" if done else \
-                    "interval" if at_interval else "signal"
-                self._save_checkpoint(point, kind, point.res if boundary_save else None)
-            if ticked:                  # the next tick's clock starts after this maintenance
-                self.tick_start_nimg, self.tick_start_time = self.cur_nimg, time.time()
-                self.maintenance_sec = 0.0
-            else:
-                self.maintenance_sec += time.time() - t0
-
-            if done:
+            self.enter_stage(point)
+            due = maintenance_due(self.schedule, self.cfg, self.cur_nimg, prev_nimg)
+            self._maintain(point, due, prev_nimg)
+            if self.finished:
                 self.log.console(f"done: kimg {self.cur_nimg / 1000:g} in "
                                  f"{format_duration(time.time() - self.run_start_time)}")
                 return EXIT_DONE
-            if stop and self.stop_signum == DATA_FAILED:
-                raise RunStopped(EXIT_DATA, self._data_stop_message())
-            if stop:
-                self.log.console(f"stopped by signal {signal.Signals(self.stop_signum).name} at "
-                                 f"kimg {self.cur_nimg / 1000:g}; run the same command with "
-                                 f"--resume auto to continue (exit code {EXIT_STOPPED})")
-                return EXIT_STOPPED
+            before = self.cur_nimg
             self.train_step(point)
+            if self.stop_signum:            # the step was skipped: cur_nimg did not move
+                return self._stop(point, due, prev_nimg)
+            prev_nimg = before
+
+    def _maintain(self, point: SchedulePoint, due: Maintenance,
+                  prev_nimg: Optional[int]) -> None:
+        """Status, snapshot, metrics, checkpoint: what `due` says (maintenance.py), in that
+        order. Their time is not counted in the tick's images per second."""
+        t0 = time.time()
+        if due.tick:
+            self._status(point)
+        trained = self.schedule.at(prev_nimg) if prev_nimg is not None else None
+        if due.snapshot:
+            self._save_snapshot(point, trained, due.checkpoint == "boundary")
+        if due.metrics:
+            self._evaluate_metrics(point, trained)
+        if due.checkpoint is not None:
+            self._save_checkpoint(due.checkpoint, due.boundary_res, trained)
+        if due.tick:                    # the next tick's clock starts after this maintenance
+            self.tick_start_nimg, self.tick_start_time = self.cur_nimg, time.time()
+            self.maintenance_sec = 0.0
+        else:
+            self.maintenance_sec += time.time() - t0
+
+    def _stop(self, point: SchedulePoint, due: Maintenance, prev_nimg: Optional[int]) -> int:
+        """All ranks agreed to stop (a signal, or failed data): a status line unless this
+        position just had one, a "signal" training state when this run trained, then the
+        exit code."""
+        if not due.tick:
+            self._status(point)
+        if self.steps_this_run > 0:
+            self._save_checkpoint("signal", None, self.schedule.at(prev_nimg))
+        if self.stop_signum == DATA_FAILED:
+            raise RunStopped(EXIT_DATA, self._data_stop_message())
+        self.log.console(f"stopped by signal {signal.Signals(self.stop_signum).name} at "
+                         f"kimg {self.cur_nimg / 1000:g}; run the same command with "
+                         f"--resume auto to continue (exit code {EXIT_STOPPED})")
+        return EXIT_STOPPED
 
     def _describe_start(self) -> None:
         e, n = self.engine, self.cfg.model
         how = f"resuming at kimg {self.cur_nimg / 1000:g}" if self.cur_nimg else "starting"
         self.log.console(f"pggan-train: {how}; {n.arch} to {n.max_res}x{n.max_res}, "
-                         f"{e.world_size} process(es) on {e.device.type}, precision "
-                         f"{e.mixed_precision}, run dir {self.run_dir}")
+                         f"{e.world_size} process(es) on {e.device.type} ({self.cpu_threads} "
+                         f"CPU thread(s) each), precision {e.mixed_precision}, run dir "
+                         f"{self.run_dir}")
         for line in self.schedule.describe():
             self.log.console("  stage " + line)
 
@@ -439,9 +443,8 @@ class Trainer:
                                 res=point.res, alpha=point.alpha, gamma=point.gamma)
                 out = self.loss.phase_loss(phase, mb, self._run_G, self._run_D, eng.autocast)
                 (out.loss / rounds).backward()
-                if out.ada_signal is not None and self.augment is not None:
-                    self.ada_accum[0] += out.ada_signal.sign().sum().to(torch.float64)
-                    self.ada_accum[1] += out.ada_signal.numel()
+                if out.ada_signal is not None and self.ada is not None:
+                    self.ada.observe(out.ada_signal)
             params = [p for p in self.active_params[phase.net] if p.grad is not None]
             self._poison_grads_if_nonfinite(out.loss, params)
             eng.sync_grads(params)
@@ -461,13 +464,8 @@ class Trainer:
         self.cur_nimg += point.batch
         self.step_index += 1
         self.steps_this_run += 1
-        self.trained_point = (point.res, point.alpha)
-        if self.augment is not None and cfg.augment.mode == "ada" and \
-                self.step_index % cfg.augment.interval == 0:
-            acc = eng.all_reduce_sum_(self.ada_accum.clone())
-            if acc[1] > 0:
-                self.augment.adjust(float(acc[0] / acc[1]), int(acc[1]))
-            self.ada_accum.zero_()
+        if self.ada is not None:
+            self.ada.after_step(self.step_index, eng)
 
     def _draws(self, point: SchedulePoint) -> Dict[str, torch.Tensor]:
         """The step's random numbers for the global batch, from (seed, cur_nimg) alone."""
@@ -547,15 +545,14 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                 for net in self.nets.values():
                     net.requires_grad_(False)
-                if not bool(torch.isfinite(self.ada_accum).all()):
-                    self.ada_accum.zero_()
+                if self.ada is not None:
+                    self.ada.drop_nonfinite()
                 self.log.console(f"  skipped a step: non-finite {what} {where} "
                                  f"({self._nonfinite_in_a_row} in a row, at most "
                                  f"{t.nonfinite_max_skips})")
                 self.cur_nimg += point.batch
                 self.step_index += 1
                 self.steps_this_run += 1
-                self.trained_point = (point.res, point.alpha)
                 return True
             what = f"{what} ({self._nonfinite_in_a_row} steps in a row)"
         raise RunStopped(EXIT_NONFINITE, f"non-finite {what} {where}: stopped without saving "
@@ -706,9 +703,10 @@ class Trainer:
             grid = image_grid(fakes)
         self.log.grid("Images/fakes", grid, self.cur_nimg, wall_time)
 
-    def _save_snapshot(self, point: SchedulePoint, boundary: bool) -> None:
-        # At a stage boundary the snapshot is the finished stage's network (its res, alpha 1).
-        res, alpha = self.trained_point or (point.res, point.alpha)
+    def _save_snapshot(self, point: SchedulePoint, trained: SchedulePoint,
+                       boundary: bool) -> None:
+        # The network of the last step: at a stage boundary the finished stage's (its res).
+        res, alpha = trained.res, trained.alpha
         self._check_weights_finite()
         def write():
             name = f"network-snapshot-{self.cur_nimg // 1000:06d}.pt"
@@ -720,18 +718,13 @@ class Trainer:
             self.log.console(f"  snapshot {name} ({res}x{res}, alpha {alpha:.3f})")
         self._write_on_main(write)
 
-    def _next_metrics_nimg(self) -> int:
-        """Next evaluation point; 0 when metrics run only at the end (metrics.interval_kimg 0)."""
-        interval = int(round(self.cfg.metrics.interval_kimg * 1000))
-        return (self.cur_nimg // interval + 1) * interval if interval > 0 else 0
-
-    def _evaluate_metrics(self, point: SchedulePoint) -> None:
+    def _evaluate_metrics(self, point: SchedulePoint, trained: SchedulePoint) -> None:
         """metrics.names on G_ema at the resolution and fade of the last step, over all ranks
         (pggan.metrics.runner); results appended to RUN_DIR/metric-<name>.jsonl and logged
         to TensorBoard as Metrics/<name>. Reads no training state it could change."""
         from ..metrics.runner import compute_metrics, default_cache_dir
         cfg = self.cfg
-        res, alpha = self.trained_point or (point.res, point.alpha)
+        res, alpha = trained.res, trained.alpha
         results = compute_metrics(
             cfg.metrics.names, self.G_ema, res=res, alpha=alpha, data_cfg=cfg.data,
             num_images=cfg.metrics.num_images, device=self.device, rank=self.engine.rank,
@@ -750,18 +743,17 @@ class Trainer:
                 self.log.scalars(scalars, self.cur_nimg, now)
                 self.log.console(f"  metric {name} {entry['value']:.4g} ({res}x{res}, "
                                  f"alpha {alpha:.3f}, {entry.get('seconds', 0):.1f} s)")
-        self.next_metrics_nimg = self._next_metrics_nimg()
 
-    def _save_checkpoint(self, point: SchedulePoint, kind: str,
-                         boundary_res: Optional[int]) -> None:
+    def _save_checkpoint(self, kind: str, boundary_res: Optional[int],
+                         trained: SchedulePoint) -> None:
         self._check_weights_finite()
-        self._fold_ada_accum()                              # collective: every rank
+        if self.ada is not None:
+            self.ada.fold_(self.engine)                     # collective: every rank
         opt_states = self.engine.save_optimizer_states(     # collective: every rank
             self.opt, self.nets, checkpoint_dir(self.run_dir), self.cur_nimg)
         def write():
-            payload = self.state_payload(kind, boundary_res, opt_states)
-            path = save_training_state(self.run_dir, payload, self.cfg.train.keep_last)
+            state = self.training_state(kind, boundary_res, trained, opt_states)
+            path = state.save(self.run_dir, self.cfg.train.keep_last)
             self.log.console(f"  training state {path.name} ({kind})")
         self._write_on_main(write)                          # collective: every rank
-        self.next_save_nimg = (self.cur_nimg // self.snapshot_nimg + 1) * self.snapshot_nimg
 
