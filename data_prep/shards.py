@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import webdataset as wds
 
 from pggan.data.dataset_info import IMAGE_EXTS, res_dir, sample_key, shard_name
-from pggan.files import sha256_file
+from pggan.files import atomic_write_text, sha256_file
 
 from .errors import PrepError
 
@@ -112,13 +112,7 @@ class Journal:
 
     def __init__(self, path: Path, events: List[dict]):
         self.path = path
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for e in events:
-                f.write(json.dumps(e) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in events))
         self._f = open(path, "a", encoding="utf-8")
 
     def write(self, event: dict, sync: bool = False) -> None:
