@@ -27,7 +27,7 @@ they are computed where they are used (each loader worker), never stored in a ch
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch

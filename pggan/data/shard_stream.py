@@ -277,7 +277,7 @@ class BlockImages:
         raise _read_error(failure[0], url)
 
     def _load(self, position: int) -> None:
-        first, end = self.order.block_span(position)
+        end = self.order.block_span(position)[1]
         mine = self.steps.positions_between(position, end)
         wanted = self.order.images(mine)
         by_shard = self.order.shard_of(wanted)
