@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = """\
@@ -59,3 +61,44 @@ def test_quality_smoke_writes_table_plot_and_grids(tmp_path):
     assert proc2.returncode == 0 and "+ " not in proc2.stdout
     again = json.loads((tmp_path / "work" / "smoke" / "quality-smoke.json").read_text())
     assert [r["swd"] for r in again] == [r["swd"] for r in records]
+
+
+def test_within_budget_keeps_the_snapshots_written_in_time():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.quality import within_budget
+    snaps = [Path(f"network-snapshot-{k:06d}.pt") for k in (5, 10, 15)]
+    minutes = {"network-snapshot-000005.pt": 8.0, "network-snapshot-000010.pt": 24.9,
+               "network-snapshot-000015.pt": 25.2}
+    assert within_budget(snaps, minutes, 25.0) == snaps[:2]
+    assert within_budget(snaps, minutes, None) == snaps
+    assert within_budget(snaps, minutes, 1.0) == []
+
+
+@pytest.mark.slow
+def test_quality_minutes_budget_stops_the_run_and_scores_a_snapshot_in_time(tmp_path):
+    """--minutes: the run is stopped by SIGUSR1 once its wall clock is spent (far before its
+    kimg), and only snapshots written within the budget are scored."""
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(TINY)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    budget = 0.75                                           # minutes (45 s, ~3 s of start-up)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--suite", "budget",
+           "--preset", str(preset), "--kimg", "1000", "--snapshot-kimg", "0.032",
+           "--minutes", str(budget), "--variant", "r3gan=", "--seeds", "0",
+           "--eval-images", "64", "--eval-points", "1", "--work-dir", str(tmp_path / "work"),
+           "--docs", str(tmp_path / "docs"), "--results", str(tmp_path / "RESULTS.md")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = tmp_path / "work" / "budget" / "r3gan-s0"
+    timing = json.loads((run / "quality-timing.json").read_text())
+    assert timing["stopped_at_budget"] and timing["budget_minutes"] == budget
+    assert budget * 60 <= timing["seconds"] < budget * 60 + 60     # stopped, not run to the end
+    assert "stopped by signal SIGUSR1" in (run / "quality-train.log").read_text()
+    (rec,) = json.loads((tmp_path / "work" / "budget" / "quality-budget.json").read_text())
+    assert 0 < rec["minutes"] <= budget and 0 < rec["kimg"] < 1000
+    # The scored snapshot is the newest one written in time.
+    start = timing["start"]
+    in_time = [q for q in run.glob("network-snapshot-*.pt")
+               if (q.stat().st_mtime - start) / 60 <= budget]
+    assert rec["snapshot"] == max(in_time, key=lambda q: q.name).name
+    assert "Budget: 0.75 minutes" in (tmp_path / "RESULTS.md").read_text()
