@@ -55,6 +55,16 @@ CASES = {
 }
 
 
+def test_every_loss_field_has_a_case():
+    """A field added to LossConfig needs a case here (and a formula above)."""
+    import dataclasses
+    from pggan.config import LOSS_KINDS, LossConfig
+    covered = {k for over in CASES.values() for k in over.get("loss", {})}
+    assert {f.name for f in dataclasses.fields(LossConfig)} == covered
+    kinds = {over.get("loss", {}).get("kind", LossConfig().kind) for over in CASES.values()}
+    assert kinds == set(LOSS_KINDS)
+
+
 @pytest.fixture(scope="session")
 def labelled_tiny_dataset(tmp_path_factory):
     """2 classes x 6 smooth RGB images, max-res 16 (the acgan case needs labels)."""
