@@ -13,12 +13,13 @@ difference of a few units of roundoff (2^-24).
 Tolerances. Adam (beta1 0) moves each weight by at most about lr per step whatever the
 gradient's scale, so a relative gradient difference of 1e-7 moves weights by ~1e-7 lr, grown
 by the steps that follow and most where a gradient element is near zero (its sign then decides
-a whole step of the first update after a reset). We allow 1% of one step, 1e-2 lr = 1e-5
-(measured: 2.8e-6), per element of G, D and G_ema; and 1e-3 of each Adam moment tensor's
+a whole step of the first update after a reset). We allow 5% of one step, 5e-2 lr = 5e-5
+(measured: 2.8e-6), per element of G, D and G_ema; and 5e-3 of each Adam moment tensor's
 largest magnitude (measured: 1.6e-4). Faults are far outside: rows of latents and reals paired
-differently change D's loss itself (steps differ by ~lr), and a sum instead of a mean over 2
-processes doubles every gradient, which Adam's normalisation hides in the weights but which
-leaves exp_avg x2 and exp_avg_sq x4 (the negative control below).
+differently change D's loss itself (measured: weights 8e-3 apart, D's exp_avg_sq 0.8 of its
+largest value), and a sum instead of a mean over 2 processes doubles every gradient, which
+Adam's normalisation hides in the weights but which leaves exp_avg x2 and exp_avg_sq x4 (the
+negative control below).
 """
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from trainkit import final_state, run_train, write_tiny_config
 
 LR = 0.001
 TOTAL_NIMG = 96
-WEIGHT_ATOL = 1e-2 * LR
-MOMENT_RTOL = 1e-3
+WEIGHT_ATOL = 5e-2 * LR
+MOMENT_RTOL = 5e-3
 
 SUM_WORKER = Path(__file__).resolve().parent / "sum_reduce_worker.py"
 
