@@ -269,10 +269,9 @@ def plot(records: List[dict], png: Path, title: str, metric: str = "swd") -> Non
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp)
+    from pggan.files import atomic_write
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png"), fsync=False)
     plt.close(fig)
-    tmp.replace(png)
 
 
 def _group(records: List[dict]) -> dict:

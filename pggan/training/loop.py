@@ -43,7 +43,7 @@ from ..data.reals import prepare_reals
 from ..data.seeds import derive_seed
 from ..data.stream import make_train_stream
 from ..files import first_line, save_png
-from ..stats import Collector, RunLog, format_duration, image_grid
+from ..stats import Collector, RunLog, append_line, format_duration, image_grid
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
 from ..schedule import ResolutionSchedule, SchedulePoint, fade_ended_before
@@ -735,8 +735,9 @@ class Trainer:
             now = time.time()
             for name, entry in results.items():
                 record = {"cur_nimg": self.cur_nimg, "kimg": self.cur_nimg / 1000, **entry}
-                with open(self.run_dir / f"metric-{name}.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                path = self.run_dir / f"metric-{name}.jsonl"
+                with open(path, "a", encoding="utf-8") as f:    # whole lines, even on ENOSPC
+                    append_line(f, json.dumps(record) + "\n", path)
                 scalars = {f"Metrics/{name}": entry["value"]}
                 for level, value in (entry.get("per_level") or {}).items():
                     scalars[f"Metrics/{name}/{level}"] = value
