@@ -13,7 +13,7 @@ import os
 
 import torch
 
-IMPLS = ("auto", "ref", "triton")
+from ..config import IMPLS          # model.impl's values, listed once
 
 
 @functools.lru_cache(maxsize=None)
