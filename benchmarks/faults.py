@@ -37,6 +37,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "training"), str(REPO / "tests" 
 import torch  # noqa: E402
 
 from benchmarks.report import cpu_model  # noqa: E402
+from pggan.files import load_torch  # noqa: E402
 from trainkit import (cli_env, index_entries, kill_run, run_train, start_train,  # noqa: E402
                       train_cmd, write_tiny_config)
 
@@ -174,7 +175,7 @@ def nan_trials(work: Path, n: int, nproc: int, rng: random.Random) -> dict:
         states = index_entries(run_dir)
         finite = True
         for e in states:
-            data = torch.load(run_dir / "checkpoints" / e["file"], weights_only=True)
+            data = load_torch(run_dir / "checkpoints" / e["file"], "training state")
             finite &= all(bool(torch.isfinite(v).all()) for k in ("G", "D", "G_ema")
                           for v in data[k].values() if v.is_floating_point())
         # A state at exactly nimg is the one saved before that step (checkpoint, then step).
