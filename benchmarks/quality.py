@@ -107,7 +107,9 @@ def train(run_dir: Path, suite: Suite, data: Optional[Path], assignments: List[s
           kimg: float, log, minutes: Optional[float] = None) -> float:
     """One run (resumed if unfinished) -> its wall-clock seconds so far (launch to finish).
     With `minutes`, the run is stopped with SIGUSR1 (state saved, exit 3) once that much wall
-    clock has passed since its launch, resumes included; `kimg` is then only an upper bound."""
+    clock has passed since this launch; `kimg` is then only an upper bound. (The timing file is
+    written when a run ends, so a run whose benchmark was interrupted resumes on a fresh clock
+    and its minutes are not comparable: delete its directory to measure it again.)"""
     timing = run_dir / "quality-timing.json"
     done = json.loads(timing.read_text()) if timing.is_file() else {}
     if done.get("finished"):
@@ -122,8 +124,7 @@ def train(run_dir: Path, suite: Suite, data: Optional[Path], assignments: List[s
     log("+ " + " ".join(cmd))
     t0 = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
-    before = done.get("seconds", 0.0)
-    budget_s = None if minutes is None else minutes * 60.0 - before
+    budget_s = None if minutes is None else minutes * 60.0
     stopped = False
     with open(run_dir / "quality-train.log", "a", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -135,15 +136,15 @@ def train(run_dir: Path, suite: Suite, data: Optional[Path], assignments: List[s
             except subprocess.TimeoutExpired:       # the budget is spent: stop, state saved
                 proc.send_signal(signal.SIGUSR1)
                 stopped, budget_s = True, None
-    seconds = before + time.time() - t0
+    seconds = time.time() - t0
     # Stopped: exit 3 (state saved), or killed by the signal if it came before the trainer's
     # handler was installed; either way the snapshots written so far are what is scored.
     if rc != 0 and not (stopped and rc in (3, -signal.SIGUSR1)):
         raise SystemExit(f"quality: training failed (exit {rc}); see "
                          f"{run_dir / 'quality-train.log'}")
     write_atomic(timing, json.dumps({"finished": True, "seconds": seconds,
-                                     "start": done.get("start", t0), "resumed": bool(done),
-                                     "budget_minutes": minutes, "stopped_at_budget": stopped}))
+                                     "start": t0, "budget_minutes": minutes,
+                                     "stopped_at_budget": stopped}))
     return seconds
 
 
