@@ -50,7 +50,7 @@ def step_positions(start_nimg: int, k: int, rank: int, world_size: int,
 def mirror_flags(positions: torch.Tensor, seed: int) -> torch.Tensor:
     """[N] int64 positions -> [N] bool: flip the image at this position left-right
     (probability 1/2), a pure function of (seed, position)."""
-    return hash_uniform(seed, positions, _MIRROR_PARAM + 1)[:, _MIRROR_PARAM] < 0.5
+    return hash_uniform(seed, positions, 1, first=_MIRROR_PARAM)[:, 0] < 0.5
 
 
 def _permutation(n: int, *seed_parts) -> np.ndarray:

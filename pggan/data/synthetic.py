@@ -26,10 +26,11 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ ((z >> 31) & c((1 << 33) - 1))
 
 
-def hash_uniform(seed: int, index: torch.Tensor, count: int) -> torch.Tensor:
-    """[N] int64 indices -> [N, count] float64 uniforms in [0, 1), pure in (seed, index)."""
+def hash_uniform(seed: int, index: torch.Tensor, count: int, first: int = 0) -> torch.Tensor:
+    """[N] int64 indices -> [N, count] float64 uniforms in [0, 1), pure in (seed, index):
+    parameters first .. first + count - 1 of each index (each one independent of the others)."""
     idx = index.to(torch.int64).reshape(-1, 1)
-    k = torch.arange(count, dtype=torch.int64).reshape(1, -1)
+    k = torch.arange(first, first + count, dtype=torch.int64).reshape(1, -1)
     z = _mix64(_mix64(idx * 1_000_003 + int(seed) * 7_919) + k)
     return ((z >> 11) & ((1 << 53) - 1)).to(torch.float64) / float(1 << 53)
 
