@@ -1,6 +1,7 @@
 """On a GPU: the fused resampling convs against their references (cuDNN, TF32 off), the layout
-of a CUDA run, and a training step with no host synchronisation at all
-(torch.cuda.set_sync_debug_mode("error") raises on the first one)."""
+of a CUDA run, and training steps with no host synchronisation at all
+(torch.cuda.set_sync_debug_mode("error") raises on the first one): at 4x4, and at the 8x8
+fade-in for the configurations that tests/test_step_sync.py runs on the meta device on CPU."""
 import tempfile
 
 import pytest
@@ -68,3 +69,33 @@ def test_training_step_has_no_host_sync():
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         assert col.reduce()["x"] == 1.0
+
+
+@pytest.mark.parametrize("case", ["wgan-gp", "r3gan-ada", "stylegan", "logistic-lazy-r1"])
+def test_training_step_has_no_host_sync_at_a_fade(case):
+    """The configurations of tests/test_step_sync.py (which runs them on the meta device on
+    CPU), at the middle of the 8x8 fade-in, 2 micro-batches, on CUDA in bf16."""
+    from test_step_sync import CASES, tiny_config
+    from pggan.training.engine import Engine
+    from pggan.training.loop import Trainer
+    cfg = tiny_config(**CASES[case])
+    engine = Engine()
+    engine.device = torch.device("cuda")
+    engine.mixed_precision = "bf16"
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, engine, run_dir, print_fn=lambda *a, **k: None)
+        stage = trainer.schedule.stage_of(8)
+        trainer.cur_nimg = stage.start_nimg + stage.fade_nimg // 2
+        point = trainer.schedule.at(trainer.cur_nimg)
+        trainer.enter_stage(point)
+        trainer.train_step(point)               # warm-up: stream, Adam state, kernels, caches
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(2):                  # a lazy-R1 cycle: D_reg on one of them
+                trainer.train_step(trainer.schedule.at(trainer.cur_nimg))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        flags = trainer.nonfinite.drain()           # the tick's read, after the steps
+        assert trainer.step_index == 3 and len(flags) == 3
+        assert not any(any(bad) for _, bad in flags), flags

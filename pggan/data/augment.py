@@ -165,6 +165,15 @@ class AdaController:
             self.pipe.adjust(float(acc[0] / acc[1]), int(acc[1]))
         self.accum.zero_()
 
+    def begin_step(self) -> None:
+        """Remember the sums before a step whose signs the non-finite guard may drop."""
+        self._before = self.accum.clone()
+
+    def keep_step(self, keep: torch.Tensor) -> None:
+        """After the step: keep (bool [] on the device) False puts back the sums of
+        `begin_step`, on the device (no host read); True keeps what the step observed."""
+        self.accum.copy_(torch.where(keep, self.accum, self._before))
+
     def drop_nonfinite(self) -> None:
         """After a skipped non-finite step: forget sums that a NaN/Inf output poisoned."""
         if not bool(torch.isfinite(self.accum).all()):

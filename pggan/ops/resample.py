@@ -21,8 +21,20 @@ def _fir_kernel_cpu(taps: tuple) -> torch.Tensor:
     return k / k.sum()                                             # [k, k], sums to 1
 
 
+# (taps, device, dtype) -> the kernel on that device: copied there once, not at every call (a
+# host -> device copy per resampling op would be a host sync each on CUDA). Callers only read
+# it. Kept only for plain tensors: one made under a fake / tracing mode must not be reused.
+_FIR_ON_DEVICE: dict = {}
+
+
 def fir_kernel(taps: Sequence[float], device, dtype) -> torch.Tensor:
-    return _fir_kernel_cpu(tuple(float(t) for t in taps)).to(device=device, dtype=dtype)
+    key = (tuple(float(t) for t in taps), torch.device(device), dtype)
+    k = _FIR_ON_DEVICE.get(key)
+    if k is None:
+        k = _fir_kernel_cpu(key[0]).to(device=key[1], dtype=dtype)
+        if type(k) is torch.Tensor and len(_FIR_ON_DEVICE) < 64:
+            _FIR_ON_DEVICE[key] = k
+    return k
 
 
 def _filter(x: torch.Tensor, k: torch.Tensor, pad: tuple) -> torch.Tensor:

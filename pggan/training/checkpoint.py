@@ -143,6 +143,9 @@ def _param_names(module: nn.Module) -> Dict[int, str]:
     return {id(p): n for n, p in module.named_parameters()}
 
 
+ADAM_IMPL_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def optimizer_state_by_name(opt: torch.optim.Optimizer, module: nn.Module) -> dict:
     """opt.state_dict() with per-parameter state keyed by `module`'s parameter names."""
     sd = opt.state_dict()
@@ -173,7 +176,10 @@ def load_optimizer_state_by_name(opt: torch.optim.Optimizer, module: nn.Module, 
     if len(saved["param_groups"]) != len(sd["param_groups"]):
         raise CheckpointError(f"{where}: {len(saved['param_groups'])} parameter groups saved, "
                               f"{len(sd['param_groups'])} expected")
-    groups = [dict(saved_g, params=g["params"])
+    # How Adam runs (fused, foreach, capturable, ...) is this trainer's choice, not the saved
+    # one's: a state saved by the multi-tensor Adam must not turn the fused one off (the
+    # non-finite guard needs its found_inf).
+    groups = [dict(saved_g, params=g["params"], **{k: g[k] for k in ADAM_IMPL_KEYS if k in g})
               for saved_g, g in zip(saved["param_groups"], sd["param_groups"])]
     opt.load_state_dict({"state": {name_to_index[n]: s for n, s in saved["state"].items()},
                          "param_groups": groups})

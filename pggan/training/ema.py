@@ -42,9 +42,15 @@ def make_ema(G: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float,
-               modules: Optional[Iterable[str]] = None) -> None:
+               modules: Optional[Iterable[str]] = None,
+               keep: Optional[torch.Tensor] = None) -> None:
     """G_ema <- lerp(G, G_ema, beta) for the parameters of `modules` (names of submodules of G,
-    e.g. from the stage's active modules; None: all), then copy every buffer."""
+    e.g. from the stage's active modules; None: all), then copy every buffer.
+
+    keep: a bool [] on the device; False leaves G_ema exactly as it is (a step the non-finite
+    guard dropped), decided on the device without a host read. The weight is then the tensor
+    keep * (1 - beta): with keep True the same float32 as the number 1 - beta (bit for bit the
+    same update), with False 0, and lerp(a, b, 0) is a."""
     ema_params = dict(G_ema.named_parameters())
     if modules is None:
         names = list(ema_params)
@@ -56,9 +62,15 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float,
     src_list = [src[n].detach() for n in names]
     if dst_list:
         # ema + (1 - beta) * (p - ema) == lerp(p, ema, beta)
-        torch._foreach_lerp_(dst_list, src_list, 1.0 - beta)
+        if keep is None:
+            torch._foreach_lerp_(dst_list, src_list, 1.0 - beta)
+        else:
+            # A list of 0-dim weights: a single tensor weight would be read on the host as a
+            # number (.item(), a sync); this overload lerps tensor by tensor on the device.
+            weight = keep.to(torch.float32) * (1.0 - beta)
+            torch._foreach_lerp_(dst_list, src_list, [weight] * len(dst_list))
     for (name, b_ema), (_, b) in zip(G_ema.named_buffers(), G.named_buffers()):
-        b_ema.copy_(b)
+        b_ema.copy_(b if keep is None else torch.where(keep, b, b_ema))
 
 
 def module_names(root: nn.Module, modules: Iterable[nn.Module]) -> list:

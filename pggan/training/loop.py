@@ -54,6 +54,7 @@ from .cpu_threads import set_cpu_threads
 from .ema import ema_beta, make_ema, module_names, update_ema
 from .engine import Engine
 from .maintenance import Maintenance, maintenance_due
+from .nonfinite import NonfiniteFlags, StepRecord, grads_nonfinite
 
 EXIT_DONE = 0
 EXIT_STOPPED = 3            # a stop signal arrived; the state was saved; run again to continue
@@ -141,16 +142,26 @@ class Trainer:
         c = d_optimizer_ratio(cfg.loss)      # lazy R1: D's Adam runs with lr * c, betas ** c
         o = cfg.optim
         self.lr_mult = {"G": 1.0, "D": c}
+        # torch's fused Adam (one kernel per step on CUDA, a vectorised loop on CPU): its
+        # `found_inf` input lets the device drop a non-finite step without the host looking
+        # (nonfinite.py). Its rounding differs from the multi-tensor Adam used before by about
+        # one float32 ulp (measured on CPU: at most 6e-8 apart after 5 steps on N(0, 1)
+        # weights), so runs are not bit for bit those of older versions; a resumed run still
+        # equals the uninterrupted one bit for bit.
         self.opt = {
             "G": torch.optim.Adam(self.G.parameters(), lr=cfg.schedule.lr,
-                                  betas=(o.beta1, o.beta2), eps=o.eps),
+                                  betas=(o.beta1, o.beta2), eps=o.eps, fused=True),
             "D": torch.optim.Adam(self.D.parameters(), lr=cfg.schedule.lr * c,
-                                  betas=(o.beta1 ** c, o.beta2 ** c), eps=o.eps),
+                                  betas=(o.beta1 ** c, o.beta2 ** c), eps=o.eps, fused=True),
         }
         # The DeepSpeed engine swaps them for ZeRO-partitioned Adam with the same settings.
         first = self.schedule.at(0)
         self.opt = engine.prepare_optimizers(self.nets, self.opt,
                                              first.batch_per_gpu * first.accum_rounds)
+        # The device-side non-finite guard needs the fused Adam above; ZeRO steps its own
+        # partitions and takes no found_inf, so the DeepSpeed engine reads a flag per phase.
+        self.nonfinite = NonfiniteFlags(self.device, sticky=cfg.train.on_nonfinite == "stop") \
+            if cfg.train.engine == "ddp" else None
 
         self.augment = None
         self.ada = None                                 # ADA's controller (augment.mode ada)
@@ -303,6 +314,7 @@ class Trainer:
             due = maintenance_due(self.schedule, self.cfg, self.cur_nimg, prev_nimg)
             self._maintain(point, due, prev_nimg)
             if self.finished:
+                self._check_nonfinite()
                 self.log.console(f"done: kimg {self.cur_nimg / 1000:g} in "
                                  f"{format_duration(time.time() - self.run_start_time)}")
                 return EXIT_DONE
@@ -317,6 +329,8 @@ class Trainer:
         """Status, snapshot, metrics, checkpoint: what `due` says (maintenance.py), in that
         order. Their time is not counted in the tick's images per second."""
         t0 = time.time()
+        if due.tick or due.any_save or due.metrics:
+            self._check_nonfinite()         # before any statistic is reduced or state saved
         if due.tick:
             self._status(point)
         trained = self.schedule.at(prev_nimg) if prev_nimg is not None else None
@@ -336,6 +350,7 @@ class Trainer:
         """All ranks agreed to stop (a signal, or failed data): a status line unless this
         position just had one, a "signal" training state when this run trained, then the
         exit code."""
+        self._check_nonfinite()
         if not due.tick:
             self._status(point)
         if self.steps_this_run > 0:
@@ -403,15 +418,16 @@ class Trainer:
 
     def train_step(self, point: SchedulePoint) -> None:
         """One optimizer step of every due phase on `point.batch` images, then EMA and ADA.
-        Skipped (nothing changes) when a stop signal arrived: `stop_signum` is then set."""
+        Skipped (nothing changes) when a stop signal arrived: `stop_signum` is then set.
+        With the DDP engine nothing in it reads a device value on the host (the non-finite
+        guard decides on the device, nonfinite.py); tests/test_step_sync.py checks that."""
         cfg, eng = self.cfg, self.engine
-        B, rounds, world = point.batch_per_gpu, point.accum_rounds, eng.world_size
+        B, rounds = point.batch_per_gpu, point.accum_rounds
         # Randomness inside modules (StyleGAN noise and style mixing, augmentation).
         torch.manual_seed(derive_seed(cfg.train.seed, eng.rank, self.cur_nimg, "modules"))
         if point.augment_p is not None and self.augment is not None:
             self.augment.p = point.augment_p            # augment.mode fixed (+ p_ramp)
-        draws = self._draws(point)
-        micro = []                      # this rank's micro-batches and their global rows
+        micro = []                      # this rank's micro-batches: reals, labels, local rows
         data_error = None
         try:
             if self.stream is None:
@@ -419,16 +435,22 @@ class Trainer:
             for k in range(rounds):
                 images, labels = next(self.stream)
                 real = self._prepare_reals(images, point.alpha)
-                c = labels.to(self.device) if labels is not None and cfg.model.num_classes \
+                c = self._to_device(labels) if labels is not None and cfg.model.num_classes \
                     else None
-                first = (k * world + eng.rank) * B
-                micro.append((real, c, slice(first, first + B)))
+                micro.append((real, c, slice(k * B, (k + 1) * B)))
         except Exception as e:          # noqa: BLE001 (decided together with the other ranks)
             data_error = e
             self.stream = None
         if not self._agree_to_go_on(data_error):
             return
+        draws = self._draws(point)      # this rank's rows, on the device
 
+        guard = self.nonfinite
+        if guard is not None:
+            guard.begin_step()
+            if self.ada is not None:
+                self.ada.begin_step()
+        ran = []                        # (phase name, net) of the phases this step runs
         for phase in self.phases:
             if self.step_index % phase.interval:
                 continue
@@ -438,8 +460,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             z = draws["z_" + phase.net]
             for real, c, rows in micro:
-                mb = MicroBatch(real=real, real_c=c, z=z[rows].to(self.device),
-                                gp_eps=draws["gp_eps"][rows].to(self.device),
+                mb = MicroBatch(real=real, real_c=c, z=z[rows], gp_eps=draws["gp_eps"][rows],
                                 res=point.res, alpha=point.alpha, gamma=point.gamma)
                 out = self.loss.phase_loss(phase, mb, self._run_G, self._run_D, eng.autocast)
                 (out.loss / rounds).backward()
@@ -448,7 +469,11 @@ class Trainer:
             params = [p for p in self.active_params[phase.net] if p.grad is not None]
             self._poison_grads_if_nonfinite(out.loss, params)
             eng.sync_grads(params)
-            if self._skip_nonfinite(phase, point, params):
+            if guard is not None:
+                # 1.0: fused Adam leaves weights, moments and step count as they are.
+                opt.found_inf = guard.phase_found_inf(params)
+                ran.append((phase.name, phase.net))
+            elif self._skip_nonfinite(phase, point, params):
                 return
             c_lazy = self.lr_mult[phase.net]            # lazy R1: lr * c, betas ** c
             for group in opt.param_groups:
@@ -458,23 +483,49 @@ class Trainer:
         for net in self.nets.values():
             net.requires_grad_(False)
 
+        keep = guard.keep() if guard is not None else None     # bool [] on the device
         beta = ema_beta(self.cur_nimg, point.batch, point.ema_kimg, cfg.ema.ema_rampup,
                         cfg.ema.beta_per_step)
-        update_ema(self.G_ema, self.G, beta, self.ema_modules)
+        update_ema(self.G_ema, self.G, beta, self.ema_modules, keep=keep)
+        if guard is not None:
+            if self.ada is not None:
+                self.ada.keep_step(keep)                # a dropped step's signs are dropped
+            guard.end_step(StepRecord(self.step_index, self.cur_nimg, point.res, tuple(ran)))
         self.cur_nimg += point.batch
         self.step_index += 1
         self.steps_this_run += 1
         if self.ada is not None:
             self.ada.after_step(self.step_index, eng)
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device. CUDA: staged in pinned memory and copied with
+        non_blocking, so the host does not wait for the copy (a pageable source makes
+        cudaMemcpy synchronous, and a blocking copy waits for the whole stream)."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _draws(self, point: SchedulePoint) -> Dict[str, torch.Tensor]:
-        """The step's random numbers for the global batch, from (seed, cur_nimg) alone."""
+        """The step's random numbers, drawn for the global batch from (seed, cur_nimg) alone
+        (so 1 and N processes, and a resumed run, draw the same ones), then this rank's rows
+        in micro-batch order, moved to the device in one copy per tensor per step.
+
+        Micro-step k of rank r holds global rows (k * world + r) * B + [0, B); here they
+        become local rows k * B + [0, B). Drawn on the host: a CUDA generator would give other
+        numbers than a CPU run, and the copies (pinned, non_blocking) cost no sync."""
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, "step",
                                                         self.cur_nimg))
         latent = self.cfg.model.latent_dim
-        return {"z_D": torch.randn([point.batch, latent], generator=gen),   # [batch, latent]
-                "z_G": torch.randn([point.batch, latent], generator=gen),
-                "gp_eps": torch.rand([point.batch, 1, 1, 1], generator=gen)}
+        drawn = {"z_D": torch.randn([point.batch, latent], generator=gen),   # [batch, latent]
+                 "z_G": torch.randn([point.batch, latent], generator=gen),
+                 "gp_eps": torch.rand([point.batch, 1, 1, 1], generator=gen)}
+        B, rounds, world = point.batch_per_gpu, point.accum_rounds, self.engine.world_size
+        rank = self.engine.rank
+        out = {}
+        for name, t in drawn.items():
+            mine = t.view(rounds, world, B, *t.shape[1:])[:, rank]   # [rounds, B, ...]
+            out[name] = self._to_device(mine.reshape(rounds * B, *t.shape[1:]))
+        return out
 
     def _make_stream(self, point: SchedulePoint):
         return make_train_stream(self.cfg.data, point.res, batch_per_gpu=point.batch_per_gpu,
@@ -502,8 +553,10 @@ class Trainer:
     # Non-finite guard, at no extra collective with the DDP engine: a rank whose loss is NaN/Inf
     # turns its own gradients NaN before the flat gradient all-reduce, so after it every rank
     # holds the same non-finite gradients and decides the same way, in the same step, from its
-    # own copy (one host sync per phase to read the flag). The DeepSpeed engine reduces the
-    # gradients inside its step, so there the flag is all-reduced (one int64).
+    # own copy. The decision is taken on the device in the step (fused Adam's found_inf) and
+    # read by the host at the next maintenance (nonfinite.py; `_check_nonfinite`). The
+    # DeepSpeed engine reduces the gradients inside its step, so there the flag is all-reduced
+    # (one int64) and read at once, one host sync per phase (`_skip_nonfinite`).
 
     nonfinite_skips = 0                 # steps skipped for non-finite values in this run
     _nonfinite_last_step = -2           # step_index of the last skipped step
@@ -515,50 +568,64 @@ class Trainer:
             bad = torch.where(torch.isfinite(loss.detach().float()), 0.0, float("nan"))
             params[0].grad.add_(bad.to(params[0].grad.dtype))
 
-    def _skip_nonfinite(self, phase, point: SchedulePoint, params: list) -> bool:
-        """After the gradient all-reduce of a phase: False if every gradient is finite. Else
-        on_nonfinite stop: RunStopped(EXIT_NONFINITE) on every rank, nothing saved; skip: the
-        step's remaining updates are dropped (phases already stepped keep theirs), cur_nimg
-        moves on, and N bad steps in a row stop the run the same way."""
-        grads = [p.grad for p in params]
-        bad = torch.zeros((), dtype=torch.int64, device=self.device)
-        if grads:
-            total = torch.stack(torch._foreach_norm(grads)).float().sum()
-            bad = (~torch.isfinite(total)).to(torch.int64)
-        if self.engine.distributed and self.cfg.train.engine != "ddp":
-            bad = self.engine.all_reduce_max_(bad.reshape(1))
-        if not bool(bad.item()):
-            return False
+    def _check_nonfinite(self) -> None:
+        """Host side of the device guard: the flags of every step since the last call (one
+        device-to-host copy), judged in step order as `_on_nonfinite` says. Call it on every
+        rank at the same position, before anything reads or writes the training state."""
+        if self.nonfinite is None:
+            return
+        for record, bad in self.nonfinite.drain():
+            if any(bad):
+                net = record.phases[bad.index(True)][1]
+                self._on_nonfinite(net, record.res, record.cur_nimg, record.step_index)
+
+    def _on_nonfinite(self, net: str, res: int, cur_nimg: int, step_index: int) -> None:
+        """A step (step_index, started at cur_nimg) had a non-finite loss or gradient in its
+        `net` phase. on_nonfinite stop: RunStopped(EXIT_NONFINITE) on every rank, nothing
+        saved; skip: counted and logged, and N bad steps in a row stop the run the same way.
+        Collective when distributed (the loss terms are gathered from every rank)."""
         terms = sorted({n for names in self.engine.all_gather_object(self._nonfinite_terms())
                         for n in names})
-        what = f"{phase.net} loss term {', '.join(terms)}" if terms else \
-            f"{phase.net} gradient"
-        where = f"at {point.res}x{point.res}, kimg {self.cur_nimg / 1000:g}"
+        what = f"{net} loss term {', '.join(terms)}" if terms else f"{net} gradient"
+        where = f"at {res}x{res}, kimg {cur_nimg / 1000:g}"
         t = self.cfg.train
         if t.on_nonfinite == "skip":
             self._nonfinite_in_a_row = self._nonfinite_in_a_row + 1 \
-                if self._nonfinite_last_step == self.step_index - 1 else 1
-            self._nonfinite_last_step = self.step_index
+                if self._nonfinite_last_step == step_index - 1 else 1
+            self._nonfinite_last_step = step_index
             self.nonfinite_skips += 1
             if self._nonfinite_in_a_row < t.nonfinite_max_skips:
-                for opt in self.opt.values():
-                    opt.zero_grad(set_to_none=True)
-                for net in self.nets.values():
-                    net.requires_grad_(False)
-                if self.ada is not None:
-                    self.ada.drop_nonfinite()
                 self.log.console(f"  skipped a step: non-finite {what} {where} "
                                  f"({self._nonfinite_in_a_row} in a row, at most "
                                  f"{t.nonfinite_max_skips})")
-                self.cur_nimg += point.batch
-                self.step_index += 1
-                self.steps_this_run += 1
-                return True
+                return
             what = f"{what} ({self._nonfinite_in_a_row} steps in a row)"
         raise RunStopped(EXIT_NONFINITE, f"non-finite {what} {where}: stopped without saving "
                                          f"({self._last_good_state()}); lower the learning "
                                          f"rate, or --set train.on_nonfinite=skip, then run "
                                          f"again with --resume auto")
+
+    def _skip_nonfinite(self, phase, point: SchedulePoint, params: list) -> bool:
+        """DeepSpeed engine, after a phase's backward: False if every gradient is finite (one
+        host read of an all-reduced flag). Else `_on_nonfinite`, and under skip the step's
+        remaining updates are dropped (phases already stepped keep theirs) and cur_nimg moves
+        on."""
+        bad = grads_nonfinite(params, self.device).to(torch.int64)
+        if self.engine.distributed:
+            bad = self.engine.all_reduce_max_(bad.reshape(1))
+        if not bool(bad.item()):
+            return False
+        self._on_nonfinite(phase.net, point.res, self.cur_nimg, self.step_index)
+        for opt in self.opt.values():
+            opt.zero_grad(set_to_none=True)
+        for net in self.nets.values():
+            net.requires_grad_(False)
+        if self.ada is not None:
+            self.ada.drop_nonfinite()
+        self.cur_nimg += point.batch
+        self.step_index += 1
+        self.steps_this_run += 1
+        return True
 
     def _nonfinite_terms(self) -> list:
         """Reported loss terms whose running sum is NaN/Inf (this rank)."""

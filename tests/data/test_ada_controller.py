@@ -94,3 +94,16 @@ def test_refuses_a_pipe_that_is_not_adaptive_and_a_bad_interval():
         AdaController(fixed, 4, torch.device("cpu"))
     with pytest.raises(ValueError, match="augment.interval"):
         controller(interval=0)
+
+
+def test_a_dropped_step_takes_back_its_signs_on_the_device():
+    ada = controller()
+    ada.observe(torch.ones(3))
+    ada.begin_step()
+    ada.observe(torch.full((2,), -1.0))
+    ada.keep_step(torch.tensor(False))              # the guard dropped the step
+    assert ada.state() == [3.0, 3.0]
+    ada.begin_step()
+    ada.observe(torch.full((2,), -1.0))
+    ada.keep_step(torch.tensor(True))
+    assert ada.state() == [1.0, 5.0]

@@ -1,4 +1,6 @@
 """G_ema: half-life in images, ramp-up, only the active stage averaged, buffers copied."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -70,3 +72,28 @@ def test_per_step_decay_as_in_the_pggan_paper():
     for batch, nimg in ((512, 0), (16, 10 ** 7)):
         assert ema_beta(nimg, batch, 10.0, 0.05, beta_per_step=0.999) == 0.999
     assert ema_beta(10 ** 7, 16, 10.0, None) != 0.999               # the half-life form
+
+
+def test_a_dropped_step_leaves_g_ema_as_it_is_and_a_kept_one_is_the_plain_update():
+    """keep (a device bool, the non-finite guard's) False: no change at all; True: bit for bit
+    the update with the number 1 - beta."""
+    G = Tiny()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.normal_()
+        G.avg.fill_(3.0)
+    plain, kept, dropped = make_ema(G), make_ema(G), make_ema(G)
+    with torch.no_grad():
+        for ema in (plain, kept, dropped):
+            for p in ema.parameters():
+                p.mul_(0.5).add_(0.25)
+            ema.avg.fill_(-1.0)
+    before = copy.deepcopy(dropped.state_dict())
+    beta = 0.5 ** (8 / 50)
+    update_ema(plain, G, beta)
+    update_ema(kept, G, beta, keep=torch.tensor(True))
+    update_ema(dropped, G, beta, keep=torch.tensor(False))
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, kept.state_dict()[k]), k
+        assert torch.equal(dropped.state_dict()[k], before[k]), k
+    assert not torch.equal(plain.a.weight, before["a.weight"])
