@@ -96,17 +96,23 @@ def report(name: str, value):
 # Image grids.
 
 
-def image_grid(images: torch.Tensor, cols: Optional[int] = None) -> np.ndarray:
-    """float [N, C, H, W] in [-1, 1] -> uint8 [rows*H, cols*W, C] (C = 1 or 3)."""
+def image_grid_tensor(images: torch.Tensor, cols: Optional[int] = None) -> torch.Tensor:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [rows*H, cols*W, C] on the images' device (C = 1
+    or 3; empty cells black). Laid out on the device, so only the finished grid is copied."""
     n, c, h, w = images.shape
     cols = cols or max(1, int(math.ceil(math.sqrt(n))))
     rows = (n + cols - 1) // cols
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).cpu()
-    grid = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
-    return grid.permute(1, 2, 0).numpy()                            # [H', W', C]
+    # (x + 1) * 127.5 + 0.5 of x in [-1, 1] lies in [0.5, 255.5]: truncation rounds to 0..255.
+    x = images.float().clamp(-1, 1).add_(1).mul_(127.5).add_(0.5).to(torch.uint8)
+    if rows * cols > n:
+        x = torch.cat([x, x.new_zeros(rows * cols - n, c, h, w)])
+    x = x.reshape(rows, cols, c, h, w).permute(0, 3, 1, 4, 2)          # [rows, H, cols, W, C]
+    return x.reshape(rows * h, cols * w, c)                             # [H', W', C]
+
+
+def image_grid(images: torch.Tensor, cols: Optional[int] = None) -> np.ndarray:
+    """float [N, C, H, W] in [-1, 1] -> uint8 numpy [rows*H, cols*W, C] (C = 1 or 3)."""
+    return image_grid_tensor(images, cols).cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------

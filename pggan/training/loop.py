@@ -42,8 +42,8 @@ from ..config import Config, ConfigError
 from ..data.reals import prepare_reals
 from ..data.seeds import derive_seed
 from ..data.stream import make_train_stream
-from ..files import first_line, save_png
-from ..stats import Collector, RunLog, append_line, format_duration, image_grid
+from ..files import first_line
+from ..stats import Collector, RunLog, append_line, format_duration, image_grid_tensor
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
 from ..nets import build_discriminator, build_generator
 from ..schedule import ResolutionSchedule, SchedulePoint, fade_ended_before
@@ -53,6 +53,7 @@ from .checkpoint import (CheckpointError, TrainingState, check_model_compatible,
 from .cpu_threads import set_cpu_threads
 from .ema import ema_beta, make_ema, module_names, update_ema
 from .engine import Engine
+from .grid_writer import GridWriter
 from .maintenance import Maintenance, maintenance_due
 from .nonfinite import NonfiniteFlags, StepRecord, grads_nonfinite
 
@@ -188,6 +189,7 @@ class Trainer:
         self.collector = Collector()
         self.signals = StopSignals()
         self.log: Optional[RunLog] = None
+        self.grids: Optional[GridWriter] = None         # main process, while run() runs
         self._g_kwargs = {"noise_mode": "const"} \
             if "noise_mode" in inspect.signature(self.G.forward).parameters else {}
         gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "grid"))
@@ -285,6 +287,7 @@ class Trainer:
         if self.engine.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.run_dir, self.engine.is_main, self.print_fn)
+        self.grids = GridWriter(self.log) if self.engine.is_main else None
         self.signals.install()
         try:
             with self.collector.active():
@@ -296,6 +299,8 @@ class Trainer:
         finally:
             self.stream = None                              # ends data-loader workers
             self.signals.restore()
+            if self.grids is not None:  # joined on every way out; an error is reported above
+                self.grids.close(raise_error=False)
             try:
                 self.log.close()
             except OSError:             # a full disk already reported; nothing more to save
@@ -315,6 +320,7 @@ class Trainer:
             self._maintain(point, due, prev_nimg)
             if self.finished:
                 self._check_nonfinite()
+                self._write_on_main(self._close_grids)      # every grid written, or exit 5
                 self.log.console(f"done: kimg {self.cur_nimg / 1000:g} in "
                                  f"{format_duration(time.time() - self.run_start_time)}")
                 return EXIT_DONE
@@ -355,6 +361,7 @@ class Trainer:
             self._status(point)
         if self.steps_this_run > 0:
             self._save_checkpoint("signal", None, self.schedule.at(prev_nimg))
+        self._write_on_main(self._close_grids)
         if self.stop_signum == DATA_FAILED:
             raise RunStopped(EXIT_DATA, self._data_stop_message())
         self.log.console(f"stopped by signal {signal.Signals(self.stop_signum).name} at "
@@ -750,25 +757,37 @@ class Trainer:
 
     @torch.no_grad()
     def _fakes(self, point: SchedulePoint) -> torch.Tensor:
-        """G_ema on the fixed grid latents at the current stage -> [grid, C, res, res]."""
+        """G_ema on the fixed grid latents at the current stage -> [grid, C, res, res] on the
+        device."""
+        if self.grid_z.device != self.device:       # once per run: no copy at every tick
+            self.grid_z = self.grid_z.to(self.device)
+            self.grid_c = self.grid_c.to(self.device) if self.grid_c is not None else None
         out = []
         chunk = max(1, point.batch_per_gpu)
         for i in range(0, self.grid_z.shape[0], chunk):
-            z = self.grid_z[i:i + chunk].to(self.device)
-            c = self.grid_c[i:i + chunk].to(self.device) if self.grid_c is not None else None
+            z = self.grid_z[i:i + chunk]
+            c = self.grid_c[i:i + chunk] if self.grid_c is not None else None
             with self.engine.autocast():
                 out.append(self.G_ema(z, c, point.res, point.alpha, **self._g_kwargs).float())
         return torch.cat(out)
 
     def _write_grid(self, point: SchedulePoint, wall_time: float) -> None:
+        """The tick's grid: laid out on the device here, encoded and written by the grid
+        writer's thread (grid_writer.py), so the training thread does not spend the PNG
+        encoding (seconds for the 4096 x 4096 grid of a 1024-px run) at every tick."""
         fakes = self._fakes(point)
-        grid = image_grid(fakes)
-        save_png(self.run_dir / "fakes-latest.png", grid)
-        if point.res > TB_GRID_MAX_CELL:
-            factor = point.res // TB_GRID_MAX_CELL
-            fakes = torch.nn.functional.avg_pool2d(fakes, factor)
-            grid = image_grid(fakes)
-        self.log.grid("Images/fakes", grid, self.cur_nimg, wall_time)
+        latest, tb = self.run_dir / "fakes-latest.png", ("Images/fakes", self.cur_nimg, wall_time)
+        if point.res <= TB_GRID_MAX_CELL:
+            self.grids.submit(image_grid_tensor(fakes), [latest], tensorboard=tb)
+            return
+        self.grids.submit(image_grid_tensor(fakes), [latest])
+        small = torch.nn.functional.avg_pool2d(fakes, point.res // TB_GRID_MAX_CELL)
+        self.grids.submit(image_grid_tensor(small), [], tensorboard=tb)
+
+    def _close_grids(self) -> None:
+        """Main process: wait until every queued grid is written (OSError if one failed)."""
+        if self.grids is not None:
+            self.grids.close()
 
     def _save_snapshot(self, point: SchedulePoint, trained: SchedulePoint,
                        boundary: bool) -> None:
@@ -781,7 +800,8 @@ class Trainer:
                           self.cur_nimg, extra={"kimg": self.cur_nimg / 1000,
                                                 "boundary": boundary})
             pt = self._fakes(dataclasses.replace(point, res=res, alpha=alpha))
-            save_png(self.run_dir / f"fakes-{self.cur_nimg // 1000:06d}.png", image_grid(pt))
+            self.grids.submit(image_grid_tensor(pt),
+                              [self.run_dir / f"fakes-{self.cur_nimg // 1000:06d}.png"])
             self.log.console(f"  snapshot {name} ({res}x{res}, alpha {alpha:.3f})")
         self._write_on_main(write)
 
