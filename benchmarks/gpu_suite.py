@@ -94,6 +94,16 @@ def steps(python: str) -> List[Step]:
                          "--out", "{out}"],
              ["--smoke", "--ops", "bias_act", "--dtypes", "fp32"],
              env={"TRITON_INTERPRET": "1"}),
+        # train.compile (inductor) vs eager at 16 px, where launches rather than convolutions
+        # bound the step: does compiling pay? The compile time is the warm-up's column. Last,
+        # with the 40 s the other steps leave: a compile that takes longer times out alone.
+        Step("compile", 40, ts + [
+            "--res", "16", "--impls", "auto", "--precisions", "bf16",
+            "--layouts", "channels_last", "--fused-scales", "auto",
+            "--compiles", "off,inductor", "--warmup", "2", "--steps", "4", "--no-count",
+            "--out", "{out}"],
+            _TINY + ["--res", "8", "--steps", "1", "--matmul-size", "32",
+                     "--compiles", "off,aot_eager"]),
     ]
 
 

@@ -20,8 +20,8 @@ fastest) / median. Peak memory: CUDA max_memory_allocated over the timed steps; 
 whole process's peak RSS over the timed steps (VmHWM after a reset through
 /proc/self/clear_refs).
 
-The grid is impl x precision x layout x fused_scale (--impls, --precisions, --layouts,
---fused-scales). Always included:
+The grid is impl x precision x layout x fused_scale x compile (--impls, --precisions,
+--layouts, --fused-scales, --compiles). Always included:
   baseline  impl=ref, fp32, NCHW, fused_scale never: the same network and step, eager,
             reference ops, resampling as separate ops (the path before fused_scale existed)
   default   impl=auto (Triton on CUDA, the reference on CPU), the default mixed precision
@@ -30,6 +30,9 @@ The grid is impl x precision x layout x fused_scale (--impls, --precisions, --la
             ("channels_last if it helps"); its speedup over the baseline is the summary table.
 With two or more fused_scale settings a third table sets them side by side: the same network
 (same weights), impl, precision and layout, fused vs unfused, ms/step and executed FLOPs.
+With a train.compile backend in --compiles (e.g. off,inductor) a table sets each compiled case
+beside its eager twin; the compile time falls in the warm-up steps, whose wall time it lists
+(the compiled graphs are cached per process, so a later case may reuse an earlier one's).
 On CPU, Triton would be the interpreter and is never timed; bf16 is not the CPU training
 precision and is left out by default.
 
@@ -64,7 +67,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.flops import count_executed_flops, phase_cycle, step_flops  # noqa: E402
 from benchmarks.report import cpu_model, markdown_table, write_atomic  # noqa: E402
-from pggan.config import Config, ConfigError, apply_override, load_preset, validate  # noqa: E402
+from pggan.config import (COMPILE_MODES, Config, ConfigError, apply_override,  # noqa: E402
+                          load_preset, validate)
 from pggan.nets.features import resolutions  # noqa: E402
 from pggan.ops._dispatch import interpreter_enabled, triton_available  # noqa: E402
 
@@ -73,6 +77,7 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16"}          # label -> Engine.mixed_pre
 LAYOUTS = {"nchw": False, "channels_last": True}      # label -> train.channels_last
 IMPLS = ("ref", "triton", "auto")
 FUSED_SCALES = ("never", "always", "auto")
+COMPILES = COMPILE_MODES                              # train.compile values
 FADE_ALPHA = 0.5
 ENV_VARS = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET")
 
@@ -157,11 +162,13 @@ class Variant:
     precision: str          # fp32 | bf16
     layout: str             # nchw | channels_last
     fused_scale: str = "never"   # model.fused_scale: never | always | auto
+    compile: str = "off"         # train.compile: off | inductor | aot_eager
 
     @property
     def label(self) -> str:
         impl = self.impl if self.impl == self.impl_runs else f"{self.impl} ({self.impl_runs})"
-        return f"{impl}, {self.precision}, {self.layout}, fused {self.fused_scale}"
+        compiled = "" if self.compile == "off" else f", compile {self.compile}"
+        return f"{impl}, {self.precision}, {self.layout}, fused {self.fused_scale}{compiled}"
 
 
 def schedule_points(cfg: Config, res: int, with_fade: bool):
@@ -186,6 +193,7 @@ def make_trainer(cfg: Config, variant: Variant, device: torch.device, run_dir: P
     cfg = copy.deepcopy(cfg)
     cfg.model.impl = variant.impl
     cfg.model.fused_scale = variant.fused_scale
+    cfg.train.compile = variant.compile
     cfg.train.mixed_precision = PRECISIONS[variant.precision]
     cfg.train.channels_last = LAYOUTS[variant.layout]
     cfg.data.num_workers = 0
@@ -217,8 +225,12 @@ def prerendered_stream(cfg: Config, point, device: torch.device):
 def time_steps(trainer, point, device: torch.device, warmup: int, steps: int, cycle: int,
                count_flops: bool) -> dict:
     """Warm-up, one counted cycle (optional), then the timed cycles of `trainer.train_step`."""
+    synchronize(device)
+    t0 = time.perf_counter()
     for _ in range(warmup):
         trainer.train_step(point)
+    synchronize(device)
+    warmup_s = time.perf_counter() - t0         # with train.compile: the compile time
     executed = None
     if count_flops:            # one more untimed cycle of steps, counted op by op
 
@@ -243,7 +255,7 @@ def time_steps(trainer, point, device: torch.device, warmup: int, steps: int, cy
                 spread_pct=100 * (max(cycle_ms) - min(cycle_ms)) / ms, cycle_ms=cycle_ms,
                 sec_per_kimg=ms * 1e-3 * 1000 / point.batch, peak_mib=memory.peak_mib(),
                 executed_flops_per_img=None if executed is None else executed / point.batch,
-                timed_steps=len(cycle_ms) * cycle)
+                timed_steps=len(cycle_ms) * cycle, warmup_s=warmup_s)
 
 
 def run_case(cfg: Config, variant: Variant, point, device: torch.device, warmup: int,
@@ -302,7 +314,7 @@ def run_paired(cfg: Config, a: Variant, b: Variant, point, device: torch.device,
 
 
 COLUMNS = ["res", "point", "alpha", "batch", "impl", "precision", "layout", "fused_scale",
-           "ms/step", "spread %", "img/s",
+           "compile", "ms/step", "spread %", "img/s",
            "sec/kimg", "peak MiB", "GFLOP/img", "TFLOP/s", "% bf16 mm", "% fp32 mm",
            "executed/model", "vs baseline"]
 
@@ -314,14 +326,16 @@ def _fmt(x, spec: str) -> str:
 def main_table(rows: List[dict]) -> str:
     return markdown_table(COLUMNS, (
         [str(r["res"]), r["point"], f"{r['alpha']:g}", r["batch"], r["impl"],
-         r["precision"], r["layout"], r["fused_scale"], _fmt(r["ms_per_step"], ".1f"),
+         r["precision"], r["layout"], r["fused_scale"], r["compile"],
+         _fmt(r["ms_per_step"], ".1f"),
          _fmt(r["spread_pct"], ".0f"),
          _fmt(r["img_per_s"], ".1f"), _fmt(r["sec_per_kimg"], ".2f"),
          _fmt(r["peak_mib"], ".0f"), _fmt(r["gflop_per_img"], ".4g"),
          _fmt(r["tflops"], ".3g"), _fmt(r["pct_bf16_mm"], ".1f"),
          _fmt(r["pct_fp32_mm"], ".1f"), _fmt(r["executed_ratio"], ".3f"),
          _fmt(r["vs_baseline"], ".2f") + ("x" if r["vs_baseline"] is not None else "")]
-        for r in rows), left={"point", "impl", "precision", "layout", "fused_scale", "batch"})
+        for r in rows), left={"point", "impl", "precision", "layout", "fused_scale", "compile",
+                              "batch"})
 
 
 def summary_rows(rows: List[dict], baseline: Variant, defaults: List[Variant]) -> List[dict]:
@@ -362,6 +376,37 @@ def fused_rows(rows: List[dict]) -> List[dict]:
             never_ms=twin["ms_per_step"], fused_ms=r["ms_per_step"],
             speedup=twin["ms_per_step"] / r["ms_per_step"], executed_ratio=ex))
     return out
+
+
+def compiled_rows(rows: List[dict]) -> List[dict]:
+    """Each row measured with a train.compile backend beside its eager twin (same res, point,
+    impl, precision, layout, fused_scale)."""
+    out = []
+    for r in rows:
+        v = r["variant"]
+        if v.compile == "off":
+            continue
+        twin = next((q for q in rows if (q["res"], q["point"]) == (r["res"], r["point"]) and
+                     q["variant"] == dataclasses.replace(v, compile="off")), None)
+        if twin is None:
+            continue
+        out.append(dict(res=r["res"], point=r["point"],
+                        variant=dataclasses.replace(v, compile="off").label,
+                        compile=v.compile, eager_ms=twin["ms_per_step"],
+                        compiled_ms=r["ms_per_step"],
+                        speedup=twin["ms_per_step"] / r["ms_per_step"],
+                        eager_warmup_s=twin["warmup_s"], compiled_warmup_s=r["warmup_s"]))
+    return out
+
+
+def compiled_table(rows: List[dict]) -> str:
+    return markdown_table(
+        ["res", "point", "impl, precision, layout, fused", "compile", "ms/step eager",
+         "ms/step compiled", "speedup", "warm-up s eager", "warm-up s compiled"],
+        ([str(r["res"]), r["point"], r["variant"], r["compile"], f"{r['eager_ms']:.1f}",
+          f"{r['compiled_ms']:.1f}", f"{r['speedup']:.2f}x", f"{r['eager_warmup_s']:.1f}",
+          f"{r['compiled_warmup_s']:.1f}"] for r in rows),
+        left={"point", "impl, precision, layout, fused", "compile"})
 
 
 def fused_table(rows: List[dict]) -> str:
@@ -419,6 +464,9 @@ def parse_args(argv=None):
     p.add_argument("--fused-scales", default="never,always", metavar="LIST",
                    help="comma list of model.fused_scale settings: never, always, auto "
                         "(default: %(default)s, side by side)")
+    p.add_argument("--compiles", default="off", metavar="LIST",
+                   help=f"comma list of train.compile settings: {', '.join(COMPILES)} (default: "
+                        f"%(default)s; e.g. off,inductor side by side)")
     p.add_argument("--paired", type=int, default=0, metavar="N",
                    help="also time each fused_scale setting against never in N x 2 "
                         "alternating turns of two live trainers (A B B A ...; see run_paired)")
@@ -483,6 +531,7 @@ def build_grid(args, device: torch.device, notes: List[str]):
                        "--precisions")
     layouts = _list(args.layouts, LAYOUTS, "--layouts")
     fused = _list(args.fused_scales, FUSED_SCALES, "--fused-scales")
+    compiles = _list(args.compiles, COMPILES, "--compiles")
     if not cuda:
         impls = [i for i in impls if i != "triton"]
         notes.append("CPU: impl=triton is not timed (on CPU it is the Triton interpreter, a "
@@ -494,9 +543,9 @@ def build_grid(args, device: torch.device, notes: List[str]):
         raise BenchError("the triton package is not importable: impl=triton/auto cannot run "
                          "the fused kernels (pip install triton)")
 
-    def variant(impl, precision, layout, fused_scale):
+    def variant(impl, precision, layout, fused_scale, compile_="off"):
         runs = {"ref": "ref", "triton": "triton", "auto": auto_runs}[impl]
-        return Variant(impl, runs, precision, layout, fused_scale)
+        return Variant(impl, runs, precision, layout, fused_scale, compile_)
 
     baseline = variant("ref", "fp32", "nchw", "never")
     default_precision = "bf16" if cuda else "fp32"
@@ -504,11 +553,11 @@ def build_grid(args, device: torch.device, notes: List[str]):
     defaults = [variant("auto", default_precision, lay, default_fused) for lay in layouts]
 
     def key(v):
-        return (v.impl_runs, v.precision, v.layout, v.fused_scale)
+        return (v.impl_runs, v.precision, v.layout, v.fused_scale, v.compile)
 
     grid, seen = [baseline], {key(baseline)}
-    for v in [variant(i, p, lay, f) for i in impls for p in precisions for lay in layouts
-              for f in fused] + defaults:
+    for v in [variant(i, p, lay, f, c) for i in impls for p in precisions for lay in layouts
+              for f in fused for c in compiles] + defaults:
         if key(v) not in seen:                  # auto and its resolution run the same code
             seen.add(key(v))
             grid.append(v)
@@ -599,7 +648,7 @@ def main(argv=None) -> int:
                            impl=variant.impl if variant.impl == variant.impl_runs
                            else f"{variant.impl} ({variant.impl_runs})",
                            precision=variant.precision, layout=variant.layout,
-                           fused_scale=variant.fused_scale,
+                           fused_scale=variant.fused_scale, compile=variant.compile,
                            gflop_per_img=flops / 1e9, tflops=tflops,
                            pct_bf16_mm=100 * tflops / mm_bf16, pct_fp32_mm=100 * tflops / mm_fp32,
                            executed_ratio=None if r["executed_flops_per_img"] is None
@@ -623,20 +672,25 @@ def main(argv=None) -> int:
                     print(paired_table([r]).split("\n", 2)[2], flush=True)
     summary = summary_rows(rows, baseline, defaults)
     fused = fused_rows(rows)
+    compiled = compiled_rows(rows)
     title = "Default configuration (impl auto, " + \
         ("bf16" if cuda else "fp32") + ", the faster measured layout) vs our eager fp32 baseline"
     fused_title = "Fused resampling convolutions vs unfused (fused_scale never), same network"
+    compiled_title = "train.compile vs eager, same network and step"
     report = "\n".join(
         ["# Training step throughput", ""] + [f"- {h}" for h in header] +
         [f"- note: {n}" for n in notes] +
         ["", "## All configurations", "", main_table(rows), "", f"## {title}", "",
          summary_table(summary), ""] +
         (["", f"## {fused_title}", "", fused_table(fused), ""] if fused else []) +
+        (["", f"## {compiled_title}", "", compiled_table(compiled), ""] if compiled else []) +
         (["", "## Paired turns: fused_scale never (A) vs fused (B), two live trainers", "",
           paired_table(paired), ""] if paired else []))
     print("\n" + f"{title}\n" + summary_table(summary), flush=True)
     if fused:
         print("\n" + f"{fused_title}\n" + fused_table(fused), flush=True)
+    if compiled:
+        print("\n" + f"{compiled_title}\n" + compiled_table(compiled), flush=True)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -644,7 +698,8 @@ def main(argv=None) -> int:
         plain = [{k: v for k, v in r.items() if k != "variant"} for r in rows]
         write_atomic(out / "train_step.json", json.dumps(
             dict(header=header, notes=notes, matmul_tflops={"bf16": mm_bf16, "fp32": mm_fp32},
-                 rows=plain, summary=summary, fused=fused, paired=paired), indent=1))
+                 rows=plain, summary=summary, fused=fused, compiled=compiled, paired=paired),
+            indent=1))
         print(f"\nwrote {out / 'train_step.md'} and {out / 'train_step.json'}", flush=True)
     return 0
 

@@ -48,6 +48,10 @@ ON_NONFINITE = ("stop", "skip")
 NUM_WORKERS_AUTO = "auto"       # data.num_workers: per process, from its cores (data/stream.py)
 AUTO_MAX_WORKERS = 8            # ... at most this many (why: data/stream.py resolve_num_workers)
 MAX_NUM_WORKERS = 256           # data.num_workers: largest count accepted
+# train.compile: off, or the torch.compile backend of the passes without a double backward
+# (training/compile.py): inductor (generated kernels; needs Triton on CUDA, a C++ compiler on
+# CPU) or aot_eager (traced and run by the eager kernels: no code generation, for tests).
+COMPILE_MODES = ("off", "inductor", "aot_eager")
 # loss.r1_interval when null, per kind with an R1 term: StyleGAN2's lazy R1 every 16 D steps;
 # R3GAN's R1 + R2 on every D step (the paper's; a lazy interval is measured in RESULTS.md).
 DEFAULT_R1_INTERVAL = {"logistic-r1": 16, "r3gan": 0}
@@ -214,6 +218,10 @@ class TrainConfig:
     grid_size: int = 16                 # images in the fixed-latent grid per tick
     on_nonfinite: str = "stop"          # NaN/Inf loss or gradient: stop (exit 4) | skip the step
     nonfinite_max_skips: int = 10       # with skip: stop after this many bad steps in a row
+    compile: typing.Union[str, bool] = "off"   # off | inductor | aot_eager (COMPILE_MODES):
+                                        # torch.compile of G and D where no double backward
+                                        # runs through them. YAML reads a bare off as false,
+                                        # which means off too.
 
 
 @dataclass
@@ -480,6 +488,12 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.augment.p <= 1.0:
         raise ConfigError(f"augment.p must be in [0, 1] (got {cfg.augment.p})")
     check_num_workers(cfg.data.num_workers, "data.num_workers")
+    if t.compile is False:
+        t.compile = "off"
+    if t.compile is True:
+        raise ConfigError(f"train.compile: name the backend ({', '.join(COMPILE_MODES[1:])}) "
+                          f"or off (got true)")
+    _choice(t.compile, COMPILE_MODES, "train.compile")
     if not 1 <= cfg.data.interleave_shards <= 1024:
         raise ConfigError(f"data.interleave_shards must be in [1, 1024] shards (got "
                           f"{cfg.data.interleave_shards})")
@@ -549,6 +563,8 @@ CLI_OVERRIDES = {
                       f"(default: this process's share of the cores it may run on, less one "
                       f"for itself, 1 to {AUTO_MAX_WORKERS}) or a count; 0 decodes in the "
                       f"training process"),
+    "--compile": ("train.compile", str, f"torch.compile the passes without a double backward "
+                                        f"(never a penalty's): {' | '.join(COMPILE_MODES)}"),
 }
 
 

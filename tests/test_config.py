@@ -141,3 +141,15 @@ def test_the_stream_starts_the_resolved_workers(monkeypatch):
         images, _ = next(stream)
         assert started[-1] == want and tuple(images.shape) == (2, 3, 4, 4)
         del stream
+
+
+def test_train_compile_values():
+    assert parse("--config", "demo-cpu").train.compile == "off"
+    assert parse("--config", "demo-cpu", "--compile", "aot_eager").train.compile == "aot_eager"
+    # A bare `off` in YAML is false: it means off too.
+    assert parse("--config", "demo-cpu", "--set", "train.compile=off").train.compile == "off"
+    for bad, message in (("--compile=fast", "train.compile must be one of off, inductor, "
+                                            "aot_eager (got 'fast')"),
+                         ("--set=train.compile=true", "train.compile: name the backend")):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse("--config", "demo-cpu", bad)

@@ -50,6 +50,7 @@ from ..schedule import ResolutionSchedule, SchedulePoint, fade_ended_before
 from ..snapshot import save_snapshot
 from .checkpoint import (CheckpointError, TrainingState, check_model_compatible, checkpoint_dir,
                          load_module_state, optimizer_state_by_name)
+from .compile import CompiledModules, phase_has_penalty
 from .cpu_threads import set_cpu_threads
 from .ema import ema_beta, make_ema, module_names, update_ema
 from .engine import Engine
@@ -137,6 +138,11 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.G_ema = make_ema(self.G)
         self.nets = {"G": self.G, "D": self.D}
+        # train.compile: the stage's modules compiled where no double backward runs through
+        # them (compile.py); G_ema, copied above, stays eager.
+        self.compiled = CompiledModules(cfg.train.compile) if cfg.train.compile != "off" \
+            else None
+        self._penalty_phase = False     # the running phase differentiates D's input gradient
 
         self.loss = GANLoss(cfg.loss, m.num_classes, m.cond_d)
         self.phases = make_phases(cfg.loss)
@@ -392,6 +398,8 @@ class Trainer:
             self.stream = None
         elif self.cfg.optim.reset_on_stab and fade_ended_before(point):
             self._reset_optimizers()
+        if new and self.compiled is not None:
+            self.compiled.wrap(self.G.stage_modules(point.res) + self.D.stage_modules(point.res))
         if new or not self.active_params:
             self.active_params = {
                 name: [p for mod in net.stage_modules(point.res) for p in mod.parameters()]
@@ -463,6 +471,7 @@ class Trainer:
             if self.step_index % phase.interval:
                 continue
             opt = self.opt[phase.net]
+            self._penalty_phase = phase_has_penalty(phase, cfg.loss.kind)
             for name, net in self.nets.items():
                 net.requires_grad_(name == phase.net)
             opt.zero_grad(set_to_none=True)
@@ -552,6 +561,14 @@ class Trainer:
         return self.G(z, c, res, alpha)
 
     def _run_D(self, img, c, alpha):
+        if self.compiled is not None:
+            # A penalty's D call (its input requires grad, in a penalty phase) runs eagerly:
+            # autograd.grad(create_graph=True) will differentiate its backward again.
+            with self.compiled.eager_if(self._penalty_phase and img.requires_grad):
+                return self._augment_and_D(img, c, alpha)
+        return self._augment_and_D(img, c, alpha)
+
+    def _augment_and_D(self, img, c, alpha):
         if self.augment is not None:
             img = self.augment(img)
         return self.D(img, c, alpha)

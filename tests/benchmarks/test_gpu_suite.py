@@ -49,7 +49,7 @@ def test_refuses_without_cuda(tmp_path):
 def test_budget_is_spread_over_steps_and_within_8_minutes():
     steps = suite.steps(sys.executable)
     assert [s.name for s in steps] == ["pytest-gpu", "train_step", "profile-1024",
-                                       "penalty-bf16", "ops"]
+                                       "penalty-bf16", "ops", "compile"]
     assert suite.TOTAL_BUDGET_S <= 480
     # The steps' own budgets fit the total; the wheel install (when wheels are missing) and
     # the machine lines are on the same clock, and a step never gets more than what is left.
@@ -88,7 +88,7 @@ def test_fake_cuda_run_of_every_step(tmp_path):
     summary = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
     logs = {p.name: p.read_text()[-1500:] for p in out.glob("*.log")}
     assert "FAKE CUDA" in (out / "machine.txt").read_text()
-    for name in ("train_step", "profile-1024", "penalty-bf16", "ops"):
+    for name in ("train_step", "profile-1024", "penalty-bf16", "ops", "compile"):
         assert f"| {name} | ok |" in summary, (summary, logs)
     # The gpu tests are collected (and run on a GPU) even when some other test module fails
     # to import; such a module still fails the step (and the suite), naming itself.
@@ -108,3 +108,7 @@ def test_fake_cuda_run_of_every_step(tmp_path):
     assert "## Top kernels" in prof and "device busy" in prof
     assert "phase G_main forward" in prof and "optimizer D step" in prof, prof
     assert (out / "ops" / "ops.md").exists()
+    # The compile step: each compiled case beside its eager twin (aot_eager stands in on CPU).
+    comp = (out / "compile" / "train_step.md").read_text()
+    assert "## train.compile vs eager, same network and step" in comp
+    assert "| 8 | stab | auto (ref), bf16, channels_last, fused auto | aot_eager |" in comp, comp
