@@ -139,3 +139,21 @@ def test_a_host_read_on_meta_is_caught(meta_device):
         trainer.nonfinite = None                    # the DeepSpeed engine's path
         with pytest.raises(RuntimeError, match="meta"):
             trainer.train_step(point)
+
+
+def test_augmentation_reads_nothing_back_but_copies_its_parameters(meta_device):
+    """Augmentation with p > 0 (kornia) reads no device value either, but draws the random
+    parameters of each transform on the host and copies them to the device: many copies per
+    step, each a blocking one on CUDA. Not changed yet (pggan/data/augment.py); this pins it."""
+    cfg = tiny_config(augment__mode="fixed", augment__p=0.5)
+    engine = Engine()
+    engine.device = meta_device
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, engine, run_dir, print_fn=lambda *a, **k: None)
+        point = trainer.schedule.at(0)
+        trainer.enter_stage(point)
+        trainer.train_step(point)
+        with CountCopies() as c:
+            trainer.train_step(trainer.schedule.at(trainer.cur_nimg))
+        assert c.reads == []
+        assert len(c.to_device) > 10 * (3 + point.accum_rounds), len(c.to_device)

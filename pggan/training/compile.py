@@ -6,17 +6,17 @@ a penalty (`phase_has_penalty`), a D call whose input requires grad is the penal
 x_hat and the R1 / R2 inputs are leaves made to require grad, and autograd.grad with
 create_graph follows) and runs eager, because the backward that aot_autograd compiles cannot be
 differentiated again (torch 2.13: "does not currently support double backward", or "requires
-create_graph=False" where it donated buffers; tests/training/test_compile.py). D's forwards on reals and detached fakes, and in
-G's phase, are compiled.
+create_graph=False" where it donated buffers; tests/training/test_compile.py). D's forwards on
+reals and detached fakes, and in G's phase, are compiled.
 
 What is compiled: each module of the active stage (net.stage_modules: G's input and blocks,
 toRGB / fromRGB, D's blocks and output, StyleGAN's mapping) on its own, not the networks'
 whole forward. The forward's fade-in branches on alpha, a Python float that changes at every
 step of a fade, and dynamo specialises on its value: the whole generator compiled made a new
 graph for every alpha (measured: 6 graphs for 6 alphas at 8x8, torch 2.13, backend aot_eager;
-past torch's recompile limit it would run eagerly). The modules see tensors only, so one graph per module and grad mode serves a
-whole stage, and automatic dynamic shapes then serve the other batch sizes and the modules of
-equal structure.
+past torch's recompile limit it would run eagerly). The modules see tensors only, so one graph
+per module and grad mode serves a whole fade and stage (tested); a new batch size or module
+shape adds graphs, which torch's automatic dynamic shapes keep few (RECOMPILE_LIMIT below).
 
 How: the module's forward is replaced by a dispatcher set as an instance attribute (parameters,
 state_dict and checkpoints are untouched; G_ema is a copy made before and stays eager) that

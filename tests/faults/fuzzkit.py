@@ -15,7 +15,7 @@ from PIL import Image
 # (option, bad values): wrong type, range or shape for fields of every kind.
 BAD_SETS = {
     "data.num_workers": ["99999999999999999999", "-1", "1.5", "abc", "[]", "{}", "true", "1e400",
-                         "257", "null"],
+                         "257", "null", "Auto", "''"],
     "data.shuffle_buffer": ["-5", "1e30", "x", "[1]", "10000001"],
     "model.fir_filter": ["[]", "[a, b]", "[-1, 2]", "[0, 0]", "[.nan, 1]", "[.inf]", "5", "x",
                          "[true, 1]", "[[1]]", "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]"],
@@ -43,6 +43,7 @@ BAD_SETS = {
     "train.snapshot_kimg": ["0", "-1"],
     "train.on_nonfinite": ["ignore", "1", "[]"],
     "train.nonfinite_max_skips": ["0", "-1", "x"],
+    "train.compile": ["fast", "1", "true", "[]", "null", "on"],
     "train.seed": ["99999999999999999999", "x", "1.5"],
     "train.mixed_precision": ["fp8", "1"],
     "train.engine": ["horovod"],
