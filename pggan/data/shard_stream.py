@@ -41,7 +41,7 @@ import webdataset as wds
 
 from .dataset_info import IMAGE_EXTS, DatasetError, DatasetInfo
 from .decode import DecodedBatch, decode_native
-from .order import EpochOrder, mirror_flags, step_positions
+from .order import EpochOrder, in_spread, mirror_flags, step_positions
 from .tar_reader import MappedShard, ShardReadError, _local_path, expand_shards, tar_members
 from .worker_pool import batch_stream, without_indices
 
@@ -150,6 +150,11 @@ class ShardSet:
             urls, digests, sizes = urls[:num_shards], digests[:num_shards], sizes[:num_shards]
         return cls(tuple(urls), res, info.channels, IMAGE_EXTS[info.image_formats[res]],
                    info.num_classes > 0, digests, sizes)
+
+    @property
+    def total(self) -> int:
+        """Images in these shards."""
+        return sum(self.sizes)
 
     def decode(self):
         return wds.map(DecodeSample(self.res, self.channels, self.ext))
@@ -428,17 +433,18 @@ class EpochShards:
 
 @dataclass(frozen=True)
 class EpochSelect:
-    """Keep images with global index < num_images and, when shards are shared, index % slots ==
-    slot. The global index is the sample key data_prep wrote."""
+    """Keep the images of `spread_indices(num_images, total)` and, when shards are shared,
+    index % slots == slot. The global index is the sample key data_prep wrote."""
     slot: int
     slots: int
     num_images: int
+    total: int
     split_by_shard: bool
 
     def __call__(self, src):
         for sample in src:
             index = int(sample["__key__"])
-            if index >= self.num_images:
+            if not in_spread(index, self.num_images, self.total):
                 continue
             if self.split_by_shard or index % self.slots == self.slot:
                 yield sample
@@ -459,7 +465,7 @@ class EpochBatches:
         return iter(wds.DataPipeline(
             EpochShards(self.shards.urls, slot, slots, split_by_shard),
             ExpandShards(ErrorBudget(limit=0), self.shards.digests),
-            EpochSelect(slot, slots, self.num_images, split_by_shard),
+            EpochSelect(slot, slots, self.num_images, self.shards.total, split_by_shard),
             self.shards.decode(),
             wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled, True),
                         partial=True),
@@ -469,13 +475,13 @@ class EpochBatches:
 def shard_epoch_stream(info: DatasetInfo, res: int, *, batch_size: int, rank: int,
                        world_size: int, img_channels: Optional[int], num_workers: int,
                        num_images: Optional[int] = None, with_index: bool = False) -> Iterator:
-    """Finite iterator of (uint8 [<=B, C, res, res], int64 [<=B] or None): the first
-    `num_images` images (all by default), each exactly once over ranks x workers, unmirrored.
-    with_index=True adds a third element, the int64 [<=B] global indices."""
+    """Finite iterator of (uint8 [<=B, C, res, res], int64 [<=B] or None): `num_images` images
+    (all by default) spread evenly over the dataset (`spread_indices`), each exactly once over
+    ranks x workers, unmirrored. with_index=True adds a third element, the int64 [<=B] global
+    indices."""
     limit = info.num_images if num_images is None else min(num_images, info.num_images)
     info.check_resolution(res)
-    needed = sum(1 for s in info.shards[res] if s.first_index < limit)
-    shards = ShardSet.of(info, res, img_channels, num_shards=needed)
+    shards = ShardSet.of(info, res, img_channels)
     producer = EpochBatches(shards, batch_size, rank, world_size, limit)
     stream = batch_stream(producer, num_workers, batch_size, (res, res, shards.channels))
     return stream if with_index else without_indices(stream)

@@ -109,8 +109,9 @@ def make_epoch_stream(data_cfg: DataConfig, res: int, *, batch_size: int, rank: 
                       num_images: Optional[int] = None, seed: int = 0,
                       with_index: bool = False, top_res: Optional[int] = None) -> Iterator:
     """Finite iterator of (images uint8 [<=B, C, res, res], labels int64 [<=B] or None): each of
-    the first `num_images` images of the dataset exactly once over all ranks x workers,
-    unmirrored (metrics' real statistics). Per-rank counts may differ by the remainder.
+    `num_images` images spread evenly over the dataset (pggan.data.order.spread_indices; all
+    when None) exactly once over all ranks x workers, unmirrored (metrics' real statistics).
+    Per-rank counts may differ by the remainder.
 
     The synthetic source has no end: `num_images` is required there (positions 0 ..
     num_images-1 rendered with `seed`). with_index=True appends the int64 [<=B] global indices.

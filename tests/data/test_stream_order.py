@@ -175,3 +175,15 @@ def test_batches_pass_a_chi_square_test_against_the_class_frequencies(class_sort
     sequential = [torch.from_numpy(labels[np.arange(64 * b, 64 * (b + 1)) % labels.size])
                   for b in range(200)]
     assert chi_square(sequential, freq)[2] < 1e-12
+
+
+def test_spread_indices_cover_the_dataset_evenly_and_in_spread_agrees():
+    from pggan.data.order import in_spread, spread_indices
+    for n, total in [(5, 23), (13, 36), (2000, 3926), (7, 7), (1, 10), (9, 4)]:
+        got = spread_indices(n, total)
+        assert len(got) == min(n, total) and len(set(got.tolist())) == len(got)
+        assert got[0] == 0 and got[-1] <= total - 1
+        if n < total:            # gaps differ by at most one: no part of the data left out
+            gaps = np.diff(np.append(got, total))
+            assert gaps.max() - gaps.min() <= 1
+        assert {i for i in range(total) if in_spread(i, n, total)} == set(got.tolist())
