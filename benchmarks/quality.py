@@ -87,6 +87,9 @@ SUITES = {
 }
 
 MARK = "<!-- quality:{suite} {end} -->"
+# Part of each run's score cache name: bump when what a score compares changes.
+# 2: the real set is spread over the dataset (make_epoch_stream), not its first images.
+EVAL_VERSION = 2
 
 
 def parse_variant(text: str) -> tuple:
@@ -420,7 +423,7 @@ def main(argv=None) -> int:
         if args.inception else None
     for name, seed in runs:
         run_dir = work / f"{name}-s{seed}"
-        cache = run_dir / f"quality-eval-{args.eval_images}.json"
+        cache = run_dir / f"quality-eval-{args.eval_images}-v{EVAL_VERSION}.json"
         done = {r["snapshot"]: r for r in json.loads(cache.read_text())} \
             if cache.is_file() else {}
         minutes = snapshot_minutes(run_dir)
