@@ -189,7 +189,9 @@ class DataConfig:
     interleave_shards: int = 4          # remote shards (http(s), pipe:): shards read together
                                         # and mixed per block of an epoch; each loader worker
                                         # holds its share of one block's encoded images
-    mirror: bool = True
+    mirror: bool = True                 # x-flip half the reals (a hash of seed, position); off
+                                        # for data with a handedness (Fashion-MNIST: every shoe
+                                        # points left), benchmarks/real_floor.py measures it
     synthetic_pyramid: str = "box"      # built-in source: box (render at max_res, at most 64 px,
                                         # exact 2x2 means below: exact fade-in) | render (each
                                         # resolution drawn directly)
