@@ -16,6 +16,7 @@ autocast has no meta device type (CPU autocast stands in; the step runs in float
 The host -> device copies of a step are counted too: the latents and penalty weights in one
 copy each per step (not one per micro-batch and phase), the reals (and labels) once per
 micro-batch."""
+import contextlib
 import tempfile
 
 import pytest
@@ -96,13 +97,20 @@ CASES = {
 # copies the labels (pinned, non_blocking on CUDA).
 
 
+@contextlib.contextmanager
+def meta_trainer(cfg: Config, device: torch.device):
+    """A Trainer whose engine puts everything on `device` (the meta stand-in), in a temporary
+    run directory."""
+    engine = Engine()
+    engine.device = device
+    with tempfile.TemporaryDirectory() as run_dir:
+        yield Trainer(cfg, engine, run_dir, print_fn=lambda *a, **k: None)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_step_on_the_meta_device_reads_nothing_back(case, meta_device):
     cfg = tiny_config(**CASES[case])
-    engine = Engine()
-    engine.device = meta_device
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, engine, run_dir, print_fn=lambda *a, **k: None)
+    with meta_trainer(cfg, meta_device) as trainer:
         # The middle of the 8x8 fade-in: resampling, the fade of G, D and the reals.
         stage = trainer.schedule.stage_of(8)
         trainer.cur_nimg = stage.start_nimg + stage.fade_nimg // 2
@@ -129,11 +137,7 @@ def test_a_host_read_on_meta_is_caught(meta_device):
         bool(x.sum() > 0)
     with pytest.raises((RuntimeError, NotImplementedError)):
         x.cpu().tolist()
-    cfg = tiny_config()
-    engine = Engine()
-    engine.device = meta_device
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, engine, run_dir, print_fn=lambda *a, **k: None)
+    with meta_trainer(tiny_config(), meta_device) as trainer:
         point = trainer.schedule.at(0)
         trainer.enter_stage(point)
         trainer.nonfinite = None                    # the DeepSpeed engine's path
@@ -145,11 +149,7 @@ def test_augmentation_reads_nothing_back_but_copies_its_parameters(meta_device):
     """Augmentation with p > 0 (kornia) reads no device value either, but draws the random
     parameters of each transform on the host and copies them to the device: many copies per
     step, each a blocking one on CUDA. Not changed yet (pggan/data/augment.py); this pins it."""
-    cfg = tiny_config(augment__mode="fixed", augment__p=0.5)
-    engine = Engine()
-    engine.device = meta_device
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, engine, run_dir, print_fn=lambda *a, **k: None)
+    with meta_trainer(tiny_config(augment__mode="fixed", augment__p=0.5), meta_device) as trainer:
         point = trainer.schedule.at(0)
         trainer.enter_stage(point)
         trainer.train_step(point)
