@@ -414,6 +414,14 @@ def parse_num_workers(text: str):
     return int(text) if text.strip().lstrip("+-").isdigit() else text
 
 
+def parse_on_off(text: str):
+    """A --mirror style argument -> bool (on/off, true/false, yes/no, 1/0), or the text as it is
+    (validation then names the option and what it takes)."""
+    words = {"on": True, "true": True, "yes": True, "1": True,
+             "off": False, "false": False, "no": False, "0": False}
+    return words.get(text.strip().lower(), text)
+
+
 def check_num_workers(value, name: str) -> None:
     if isinstance(value, bool) or not (isinstance(value, int) and 0 <= value <= MAX_NUM_WORKERS
                                        or value == NUM_WORKERS_AUTO):
@@ -565,6 +573,9 @@ CLI_OVERRIDES = {
                       f"(default: this process's share of the cores it may run on, less one "
                       f"for itself, 1 to {AUTO_MAX_WORKERS}) or a count; 0 decodes in the "
                       f"training process"),
+    "--mirror": ("data.mirror", parse_on_off, "x-flip half the real images: on | off (off for "
+                                              "data with a handedness, e.g. Fashion-MNIST's "
+                                              "left-pointing shoes)"),
     "--compile": ("train.compile", str, f"torch.compile the passes without a double backward "
                                         f"(never a penalty's): {' | '.join(COMPILE_MODES)}"),
 }

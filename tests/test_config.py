@@ -153,3 +153,23 @@ def test_train_compile_values():
                          ("--set=train.compile=true", "train.compile: name the backend")):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse("--config", "demo-cpu", bad)
+
+
+# ---- --mirror: on | off -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], False),                                        # the preset's (a handed dataset)
+    (["--mirror", "on"], True), (["--mirror", "ON"], True), (["--mirror", "true"], True),
+    (["--mirror", "off"], False), (["--set", "data.mirror=true"], True),
+])
+def test_mirror_takes_on_or_off(argv, want):
+    assert parse("--config", "demo-fashion-mnist", *argv).data.mirror is want
+    assert parse("--config", "demo-cpu").data.mirror is True
+
+
+def test_bad_mirror_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as e:
+        parse("--config", "demo-cpu", "--mirror", "sometimes")
+    assert "data.mirror must be true or false (got 'sometimes')" in str(e.value)
+    assert "\n" not in str(e.value)

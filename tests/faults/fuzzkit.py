@@ -59,7 +59,8 @@ BAD_FLAGS = [["--max-res", "1000"], ["--max-res", "x"], ["--total-kimg", "nan"],
              ["--config", "/nonexistent/x.yaml"], ["--engine", "x"], ["--zero-stage", "9"],
              ["--arch", "x"], ["--loss", "x"], ["--metrics", "bogus"], ["--set", "noequals"],
              ["--set", "model.max_res=[unclosed"], ["--batch-per-gpu", "-1"],
-             ["--augment", "maybe"], ["--resume-res", "x"]]
+             ["--augment", "maybe"], ["--resume-res", "x"], ["--mirror", "sometimes"],
+             ["--mirror", ""]]
 BAD_YAML = ["model: [1, 2", "just a string", "- a\n- list", "model: 5",
             "model: {max_res: x}", "base: no-such-preset", "model: {fir_filter: []}",
             "data: {num_workers: 99999999999999999999}", "train: {total_kimg: .nan}",
