@@ -62,16 +62,6 @@ def spread_indices(n: int, total: int) -> np.ndarray:
     return (np.arange(n, dtype=np.int64) * int(total)) // max(n, 1)
 
 
-def in_spread(index: int, n: int, total: int) -> bool:
-    """index in spread_indices(n, total), without building the array: the smallest k with
-    floor(k * total / n) >= index is ceil(index * n / total)."""
-    n = min(int(n), int(total))
-    if n >= total:
-        return 0 <= index < total
-    k = -(-index * n // total)
-    return k < n and (k * total) // n == index
-
-
 def _permutation(n: int, *seed_parts) -> np.ndarray:
     rng = np.random.Generator(np.random.PCG64(derive_seed(*seed_parts)))
     return rng.permutation(n).astype(np.int64)

@@ -41,7 +41,7 @@ import webdataset as wds
 
 from .dataset_info import IMAGE_EXTS, DatasetError, DatasetInfo
 from .decode import DecodedBatch, decode_native
-from .order import EpochOrder, in_spread, mirror_flags, step_positions
+from .order import EpochOrder, mirror_flags, spread_indices, step_positions
 from .tar_reader import MappedShard, ShardReadError, _local_path, expand_shards, tar_members
 from .worker_pool import batch_stream, without_indices
 
@@ -133,10 +133,9 @@ class ShardSet:
     sizes: Tuple[int, ...] = ()         # images per shard (shard s: the indices after s-1's)
 
     @classmethod
-    def of(cls, info: DatasetInfo, res: int, img_channels: Optional[int],
-           num_shards: Optional[int] = None) -> "ShardSet":
-        """The first `num_shards` (all by default) shards of `res`; the model's channel count
-        must match the dataset's (None: take the dataset's)."""
+    def of(cls, info: DatasetInfo, res: int, img_channels: Optional[int]) -> "ShardSet":
+        """The shards of `res`; the model's channel count must match the dataset's (None: take
+        the dataset's)."""
         info.check_resolution(res)
         if img_channels is not None and img_channels != info.channels:
             raise DatasetError(f"{info.root}: the dataset has {info.channels} channel(s) but "
@@ -146,15 +145,8 @@ class ShardSet:
         urls = info.shard_urls(res)
         digests = tuple((u, s.num_bytes, s.sha256) for u, s in zip(urls, info.shards[res]))
         sizes = tuple(s.num_images for s in info.shards[res])
-        if num_shards is not None:
-            urls, digests, sizes = urls[:num_shards], digests[:num_shards], sizes[:num_shards]
         return cls(tuple(urls), res, info.channels, IMAGE_EXTS[info.image_formats[res]],
                    info.num_classes > 0, digests, sizes)
-
-    @property
-    def total(self) -> int:
-        """Images in these shards."""
-        return sum(self.sizes)
 
     def decode(self):
         return wds.map(DecodeSample(self.res, self.channels, self.ext))
@@ -433,18 +425,17 @@ class EpochShards:
 
 @dataclass(frozen=True)
 class EpochSelect:
-    """Keep the images of `spread_indices(num_images, total)` and, when shards are shared,
+    """Keep the images whose global index is in `keep` (None: all) and, when shards are shared,
     index % slots == slot. The global index is the sample key data_prep wrote."""
     slot: int
     slots: int
-    num_images: int
-    total: int
+    keep: Optional[frozenset]
     split_by_shard: bool
 
     def __call__(self, src):
         for sample in src:
             index = int(sample["__key__"])
-            if not in_spread(index, self.num_images, self.total):
+            if self.keep is not None and index not in self.keep:
                 continue
             if self.split_by_shard or index % self.slots == self.slot:
                 yield sample
@@ -457,7 +448,7 @@ class EpochBatches:
     batch: int
     rank: int
     world_size: int
-    num_images: int
+    keep: Optional[frozenset]           # global indices of the images read (None: all)
 
     def __call__(self, worker: int, num_workers: int):
         slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
@@ -465,7 +456,7 @@ class EpochBatches:
         return iter(wds.DataPipeline(
             EpochShards(self.shards.urls, slot, slots, split_by_shard),
             ExpandShards(ErrorBudget(limit=0), self.shards.digests),
-            EpochSelect(slot, slots, self.num_images, self.shards.total, split_by_shard),
+            EpochSelect(slot, slots, self.keep, split_by_shard),
             self.shards.decode(),
             wds.batched(self.batch, collation_fn=CollateBatch(self.shards.labelled, True),
                         partial=True),
@@ -479,9 +470,10 @@ def shard_epoch_stream(info: DatasetInfo, res: int, *, batch_size: int, rank: in
     (all by default) spread evenly over the dataset (`spread_indices`), each exactly once over
     ranks x workers, unmirrored. with_index=True adds a third element, the int64 [<=B] global
     indices."""
-    limit = info.num_images if num_images is None else min(num_images, info.num_images)
     info.check_resolution(res)
+    keep = None if num_images is None or num_images >= info.num_images else \
+        frozenset(spread_indices(num_images, info.num_images).tolist())
     shards = ShardSet.of(info, res, img_channels)
-    producer = EpochBatches(shards, batch_size, rank, world_size, limit)
+    producer = EpochBatches(shards, batch_size, rank, world_size, keep)
     stream = batch_stream(producer, num_workers, batch_size, (res, res, shards.channels))
     return stream if with_index else without_indices(stream)

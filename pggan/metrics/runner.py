@@ -155,7 +155,8 @@ def real_batches(data_cfg: DataConfig, *, res: int, alpha: float, num_images: in
                  world_size: int, data_seed: int, top_res: Optional[int] = None
                  ) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 [B, C, res, res] on device, global indices [B]): this rank's share of
-    `num_images` real images spread evenly over the dataset, faded by `alpha` like the discriminator's input.
+    `num_images` real images spread evenly over the dataset, faded by `alpha` like the
+    discriminator's input.
     `top_res`: the generator's max_res (where the synthetic source's pyramid starts)."""
     from pggan.data.reals import prepare_reals
     from pggan.data.stream import make_epoch_stream
