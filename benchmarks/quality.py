@@ -82,8 +82,9 @@ SUITES = {
     # 25 minutes of training per run (the budget); 400 kimg is only an upper bound.
     "fashion-mnist": Suite(preset="demo-fashion-mnist", kimg=400, data_source="fashion-mnist",
                            max_res=32, snapshot_kimg=5, variants={"r3gan": []}, minutes=25),
-    "emoji-64": Suite(preset="demo-emoji-64", kimg=None, data_source="emoji", max_res=64,
-                      snapshot_kimg=20, variants={"r3gan-ada": []}),
+    # 30 minutes per run (the budget); 200 kimg is only an upper bound.
+    "emoji-64": Suite(preset="demo-emoji-64", kimg=200, data_source="emoji", max_res=64,
+                      snapshot_kimg=5, variants={"r3gan-ada": []}, minutes=30),
 }
 
 MARK = "<!-- quality:{suite} {end} -->"
